@@ -1,0 +1,166 @@
+//! The ABI shared by the kernel program (`src/main.rs`) and the agent: map names, map value
+//! layouts and the meaning of every special slot and counter index.
+//!
+//! # Design
+//!
+//! Every syscall is counted in a per-CPU block of [`SYSCALL_COLUMNS`] counters that belongs to
+//! the task's cgroup (a "slot"). Finding the slot is the expensive part (the cgroup-id helper
+//! plus a hash lookup cost about 60 ns), so the program keeps a per-CPU [`CpuCache`] of the
+//! last task it saw and that task's slot. The task is identified by the `struct pt_regs *`
+//! that `sys_enter` receives: it sits at the top of the task's own kernel stack, so it is
+//! unique per live task and costs no helper call (every call/return pays for speculation
+//! mitigations). The cache is trusted only while the global [`GENERATION`](MAP_GENERATION) is
+//! unchanged; the kernel bumps it whenever a task changes cgroup (`cgroup_attach_task`) or exits
+//! (`sched_process_exit`, before its kernel stack — and so its `pt_regs` address — can be reused
+//! by a new task), and the agent bumps it when it recycles a slot or changes the configuration.
+//!
+//! Slots are handed out by the kernel itself from the [`FREE_SLOTS`](MAP_FREE_SLOTS) queue the
+//! agent fills before attaching, so a cgroup is counted from its very first syscall without
+//! user space noticing it first. When the queue is empty the syscalls go to
+//! [`OVERFLOW_SLOT`], whose counts are the kernel-side loss.
+#![no_std]
+
+/// Counter columns per slot. Column `nr` counts syscall number `nr`; numbers at or above
+/// [`OUT_OF_RANGE_COLUMN`] (x32 numbers, the `-1` of a bad syscall, future syscalls) all land in
+/// that last column. 512 is above every x86_64 and aarch64 syscall number of Linux 6.x.
+pub const SYSCALL_COLUMNS: usize = 512;
+/// Column for syscall numbers the table cannot hold.
+pub const OUT_OF_RANGE_COLUMN: u32 = (SYSCALL_COLUMNS - 1) as u32;
+
+/// Slot 0 collects syscalls of cgroups that could not get a slot (capacity exhausted).
+pub const OVERFLOW_SLOT: u32 = 0;
+/// First slot that belongs to a cgroup.
+pub const FIRST_CGROUP_SLOT: u32 = 1;
+/// Cache value for tasks that are not counted (the agent itself).
+pub const SKIP_SLOT: u32 = u32::MAX;
+
+/// `PERCPU_ARRAY<SlotCounts>`, `max_entries = capacity + 1` (slot 0 is [`OVERFLOW_SLOT`]).
+pub const MAP_COUNTS: &str = "COUNTS";
+/// `HASH<u64 cgroup id, u32 slot>`, `max_entries = capacity`.
+pub const MAP_CGROUP_SLOTS: &str = "CGROUP_SLOTS";
+/// `QUEUE<u32 slot>`, `max_entries = capacity`: the slots no cgroup holds.
+pub const MAP_FREE_SLOTS: &str = "FREE_SLOTS";
+/// `ARRAY<u64>`, one entry: the cache generation.
+pub const MAP_GENERATION: &str = "GENERATION";
+/// `ARRAY<Config>`, one entry.
+pub const MAP_CONFIG: &str = "CONFIG";
+/// `PERCPU_ARRAY<CpuCache>`, one entry.
+pub const MAP_CACHE: &str = "CACHE";
+/// `PERCPU_ARRAY<u64>`, [`STAT_COUNT`] entries indexed by the `STAT_*` constants.
+pub const MAP_STATS: &str = "STATS";
+
+/// Every map of the object. The agent pins them all (a program left attached across an agent
+/// restart keeps writing the maps it was loaded with, so any map user space reads must be the
+/// pinned one); it refuses to pin a set that misses a map of the object.
+pub const ALL_MAPS: [&str; 8] = [
+    MAP_COUNTS,
+    MAP_CGROUP_SLOTS,
+    MAP_FREE_SLOTS,
+    MAP_GENERATION,
+    MAP_CONFIG,
+    MAP_CACHE,
+    MAP_STATS,
+    MAP_CGROUP_EVENTS,
+];
+
+/// Bumped on any change of map layout or meaning: pinned maps of another ABI are not reused.
+pub const ABI_VERSION: u32 = 2;
+
+/// Maps whose `max_entries` the agent sets at load time from its capacity.
+pub const CAPACITY_MAPS: [&str; 3] = [MAP_COUNTS, MAP_CGROUP_SLOTS, MAP_FREE_SLOTS];
+
+/// Program on the raw tracepoint `sys_enter`: the counter.
+pub const PROG_SYS_ENTER: &str = "sys_enter";
+/// Program on the raw tracepoint `cgroup_attach_task`: invalidates caches on migration.
+pub const PROG_CGROUP_ATTACH: &str = "cgroup_attach_task";
+/// Program on the raw tracepoint `sched_process_exit`: invalidates caches when a task exits.
+pub const PROG_TASK_EXIT: &str = "sched_process_exit";
+/// An empty program on `sys_enter`: the cost floor `cargo xtask bench` compares against. The
+/// agent never loads it.
+pub const PROG_SYS_ENTER_EMPTY: &str = "sys_enter_empty";
+
+/// `RINGBUF` of [`CgroupEvent`]s: every cgroup directory created (any hierarchy), so the agent
+/// learns a cgroup's path while it exists even if it is gone before the next collection.
+pub const MAP_CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+/// Size of [`MAP_CGROUP_EVENTS`] in bytes (a power-of-two number of pages): room for 500
+/// events between two drains.
+pub const CGROUP_EVENTS_BYTES: u32 = 256 * 1024;
+/// Program on the raw tracepoint `cgroup_mkdir`: reports created cgroups' paths.
+pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
+/// Longest cgroup path reported; longer paths are cut (and then fail to resolve, falling back
+/// to the agent's tree walk).
+pub const CGROUP_PATH_MAX: usize = 504;
+
+/// One cgroup creation: the path relative to its hierarchy's root, as the tracepoint gives it
+/// (`/kubepods/...`), with the same path repeated once per hierarchy on cgroup v1/hybrid hosts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    /// Bytes of `path` in use (without the terminating NUL).
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The path, NUL-terminated.
+    pub path: [u8; CGROUP_PATH_MAX],
+}
+
+/// Slow-path runs (cache misses).
+pub const STAT_CACHE_MISS: u32 = 0;
+/// Slots the kernel took from the free queue for a new cgroup.
+pub const STAT_SLOT_ALLOCATED: u32 = 1;
+/// Cache misses of tasks whose cgroup found no free slot (their calls went to slot 0).
+pub const STAT_SLOT_EXHAUSTED: u32 = 2;
+/// Map operations that failed where they cannot fail by design (a bug or a kernel surprise).
+pub const STAT_MAP_ERROR: u32 = 3;
+/// Lost allocation races (two CPUs saw the same new cgroup at once); harmless.
+pub const STAT_SLOT_RACE: u32 = 4;
+/// Number of `STAT_*` entries.
+pub const STAT_COUNT: u32 = 5;
+
+/// Per-CPU counters of one slot: `calls[nr]` is the number of calls of syscall `nr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SlotCounts {
+    /// Calls per syscall number, see [`SYSCALL_COLUMNS`].
+    pub calls: [u64; SYSCALL_COLUMNS],
+}
+
+/// The per-CPU cache of the last task seen on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuCache {
+    /// The cached task's `struct pt_regs *` (top of its kernel stack).
+    pub task: u64,
+    /// Value of the generation when the entry was filled.
+    pub generation: u64,
+    /// The task's slot, [`OVERFLOW_SLOT`] or [`SKIP_SLOT`].
+    pub slot: u32,
+    /// Explicit padding: the struct is 24 bytes on every target.
+    pub _pad: u32,
+}
+
+/// Agent-controlled settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Thread-group id whose syscalls are not counted (the agent), 0 for none.
+    pub skip_tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SlotCounts>() == 8 * SYSCALL_COLUMNS);
+const _: () = assert!(core::mem::size_of::<CpuCache>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 512);
+const _: () = assert!(SYSCALL_COLUMNS.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` integer structs with explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for super::SlotCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CpuCache {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+}

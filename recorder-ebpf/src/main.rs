@@ -1,0 +1,231 @@
+//! The kernel program: counts every syscall per (cgroup v2, syscall number) in per-CPU blocks.
+//! The ABI and the design are described in `lib.rs`.
+#![no_std]
+#![no_main]
+// The bpf target has no atomic read-modify-write in `core::sync::atomic`; the intrinsic lowers
+// to the BPF atomic add instruction. The crate is only ever built with nightly (aya-build).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics is the only atomic add on the bpf target"
+)]
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr,
+};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
+    programs::RawTracePointContext,
+};
+use recorder_ebpf::{
+    CGROUP_EVENTS_BYTES, CgroupEvent, Config, CpuCache, OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT,
+    SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
+    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
+};
+
+// The sizes of the capacity maps are placeholders: the agent sets them at load time.
+#[map]
+static COUNTS: PerCpuArray<SlotCounts> = PerCpuArray::with_max_entries(2, 0);
+#[map]
+static CGROUP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(1, 0);
+#[map]
+static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(1, 0);
+#[map]
+static GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static CACHE: PerCpuArray<CpuCache> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// A failure the program counts instead of logging (no aya-log on the hot path).
+struct Stat(u32);
+
+#[inline(always)]
+fn count_stat(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful per-CPU array lookup, and this program
+        // cannot be preempted on this CPU, so nothing else writes the value concurrently.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn generation() -> u64 {
+    match GENERATION.get_ptr(0) {
+        // SAFETY: a valid map value; volatile because other CPUs bump it.
+        Some(generation) => unsafe { ptr::read_volatile(generation) },
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn bump_generation() {
+    if let Some(generation) = GENERATION.get_ptr_mut(0) {
+        // SAFETY: a valid, 8-byte aligned map value. The atomic add keeps concurrent bumps from
+        // cancelling out; the result is unused, so it compiles to a plain `lock xadd`.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(generation, 1) };
+    }
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    if let Err(Stat(index)) = try_sys_enter(&ctx) {
+        count_stat(index);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
+    let nr: u64 = ctx.arg(1);
+    // A negative id (bad syscall) is a huge u64 and lands in the out-of-range column too.
+    let column = if nr < u64::from(OUT_OF_RANGE_COLUMN) {
+        nr as usize
+    } else {
+        OUT_OF_RANGE_COLUMN as usize
+    };
+    // `struct pt_regs *regs`, on the current task's kernel stack: a task key without a helper call.
+    let task: u64 = ctx.arg(0);
+    let generation = generation();
+    let cache = CACHE.get_ptr_mut(0).ok_or(Stat(STAT_MAP_ERROR))?;
+    // SAFETY: per-CPU map value; this program owns this CPU's copy while it runs.
+    let slot = unsafe {
+        if (*cache).task == task && (*cache).generation == generation {
+            (*cache).slot
+        } else {
+            let slot = find_slot()?;
+            *cache = CpuCache {
+                task,
+                generation,
+                slot,
+                _pad: 0,
+            };
+            slot
+        }
+    };
+    if slot == SKIP_SLOT {
+        return Ok(());
+    }
+    let counts = COUNTS.get_ptr_mut(slot).ok_or(Stat(STAT_MAP_ERROR))?;
+    // SAFETY: per-CPU map value, not shared with other CPUs; the mask keeps the index in bounds
+    // for the verifier (column is already < SYSCALL_COLUMNS).
+    unsafe { (*counts).calls[column & (SYSCALL_COLUMNS - 1)] += 1 };
+    Ok(())
+}
+
+/// The slow path: which slot counts the current task's syscalls.
+#[inline(always)]
+fn find_slot() -> Result<u32, Stat> {
+    count_stat(STAT_CACHE_MISS);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(config) = CONFIG.get(0)
+        && config.skip_tgid != 0
+        && config.skip_tgid == tgid
+    {
+        return Ok(SKIP_SLOT);
+    }
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is copied out at once.
+    if let Some(slot) = unsafe { CGROUP_SLOTS.get(&cgroup) } {
+        return Ok(*slot);
+    }
+    let slot = match FREE_SLOTS.pop() {
+        Ok(Some(slot)) => slot,
+        Ok(None) => {
+            count_stat(STAT_SLOT_EXHAUSTED);
+            return Ok(OVERFLOW_SLOT);
+        }
+        Err(_) => return Err(Stat(STAT_MAP_ERROR)),
+    };
+    if CGROUP_SLOTS
+        .insert(&cgroup, &slot, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        count_stat(STAT_SLOT_ALLOCATED);
+        return Ok(slot);
+    }
+    // Another CPU registered this cgroup first: give the slot back and use the winner's.
+    count_stat(STAT_SLOT_RACE);
+    if FREE_SLOTS.push(slot, 0).is_err() {
+        count_stat(STAT_MAP_ERROR);
+    }
+    // SAFETY: the value is copied out at once.
+    match unsafe { CGROUP_SLOTS.get(&cgroup) } {
+        Some(slot) => Ok(*slot),
+        None => Err(Stat(STAT_MAP_ERROR)),
+    }
+}
+
+/// The benchmark's floor: the cost of any program on `sys_enter`, doing nothing.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// `cgroup_attach_task(struct cgroup *dst, const char *path, struct task_struct *task, bool)`:
+/// a task changed cgroup, so cached slots may be wrong.
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn cgroup_attach_task(_ctx: RawTracePointContext) -> i32 {
+    bump_generation();
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`: the task's kernel stack, whose `pt_regs`
+/// address keys the cache, may soon belong to a new task in another cgroup.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
+    bump_generation();
+    0
+}
+
+#[map]
+static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(CGROUP_EVENTS_BYTES, 0);
+
+/// `cgroup_mkdir(struct cgroup *cgrp, const char *path)`: reports the new cgroup's path. Off
+/// the syscall hot path; a full ring drops the event and the agent's tree walk takes over.
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
+    let path: *const u8 = ctx.arg(1);
+    let Some(mut entry) = CGROUP_EVENTS.reserve::<CgroupEvent>(0) else {
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved ring buffer record of the right size and alignment;
+    // the kernel string is read with the probe helper, which bounds it by the slice.
+    let read = unsafe {
+        bpf_probe_read_kernel_str_bytes(path, &mut (*event).path).map(|bytes| bytes.len() as u32)
+    };
+    match read {
+        Ok(len) => {
+            // SAFETY: as above.
+            unsafe {
+                (*event).len = len;
+                (*event)._pad = 0;
+            }
+            entry.submit(0);
+        }
+        Err(_) => entry.discard(0),
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
