@@ -1,0 +1,416 @@
+//! The client commands: `profiles`, `export`, `diff` and `merge`, talking to an agent's HTTP
+//! API (or to Prometheus) and reading profile files.
+
+use std::{io::Write as _, path::Path, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{
+    api::PROFILES_PATH,
+    compare::{self, FileFormat, Policy},
+    config::{DiffArgs, ExportArgs, ExportFormat, ListOutput, MergeArgs, ProfilesArgs},
+    http_client::Server,
+    profile::{Identity, Profile},
+    seccomp::{OciSeccomp, SpoSeccompProfile},
+    state,
+};
+
+/// Exit code of a usage error (as clap's) and of `diff` when it cannot compare.
+const EXIT_USAGE: u8 = 2;
+
+/// Parses `NAMESPACE/KIND/WORKLOAD/CONTAINER` (`_` for an empty part). The workload may contain
+/// `/` (cgroup paths): the first two parts and the last are fixed, the rest is the workload.
+/// Percent-escapes are decoded, so `%2F` names the root cgroup `/` (`_/Cgroup/%2F/_`) and
+/// `%5F` a literal `_`.
+pub fn parse_selector(selector: &str) -> Result<Identity, String> {
+    let malformed = |why: &str| {
+        format!(
+            "malformed selector {selector:?}: {why}; expected NAMESPACE/KIND/WORKLOAD/CONTAINER (use _ for an empty part)"
+        )
+    };
+    let segments: Vec<&str> = selector.split('/').collect();
+    if segments.len() < 4 {
+        return Err(malformed("fewer than four parts"));
+    }
+    if segments.iter().any(|segment| segment.is_empty()) {
+        return Err(malformed("empty part"));
+    }
+    let part = |segment: &str| -> Result<String, String> {
+        if segment == "_" {
+            return Ok(String::new());
+        }
+        let text = percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| malformed("a %-escape that is not UTF-8"))?;
+        if text.contains('\0') {
+            return Err(malformed("NUL"));
+        }
+        Ok(text.into_owned())
+    };
+    let last = segments.len() - 1;
+    let workload = segments[2..last]
+        .iter()
+        .map(|segment| part(segment))
+        .collect::<Result<Vec<_>, _>>()?
+        .join("/");
+    Ok(Identity {
+        namespace: part(segments[0])?,
+        workload_kind: part(segments[1])?,
+        workload,
+        container: part(segments[last])?,
+    })
+}
+
+/// GETs `path` and returns the body of a 200; a 404 names the missing thing, other errors
+/// carry the agent's message.
+fn get_ok(server: &Server, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    let (status, body) = server.get(path)?;
+    if status == 200 {
+        return Ok(body);
+    }
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|value| value["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+    if status == 404 {
+        bail!(
+            "{what} not found on {} ({message}); `recorder-agent profiles` lists what it has",
+            server.url()
+        );
+    }
+    bail!("{} answered {status}: {message}", server.url());
+}
+
+/// Writes `bytes` to `output` atomically, or to stdout.
+fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
+    match output {
+        Some(path) => state::write_atomic(path, bytes)?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(bytes).context("writing to stdout")?;
+            stdout.flush().context("writing to stdout")?;
+        }
+    }
+    Ok(())
+}
+
+fn pretty(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// One row of the API's list.
+#[derive(Debug, Deserialize)]
+struct ListedProfile {
+    #[serde(flatten)]
+    profile: Profile,
+    #[serde(default)]
+    stable: bool,
+}
+
+fn or_underscore(part: &str) -> &str {
+    if part.is_empty() { "_" } else { part }
+}
+
+/// The `profiles` table: one line per profile, columns aligned.
+fn table(rows: &[ListedProfile]) -> String {
+    let mut lines = vec![
+        [
+            "NAMESPACE",
+            "KIND",
+            "WORKLOAD",
+            "CONTAINER",
+            "SYSCALLS",
+            "CALLS",
+            "LAST NEW SYSCALL",
+            "STABLE",
+        ]
+        .map(str::to_owned),
+    ];
+    for row in rows {
+        let profile = &row.profile;
+        let identity = &profile.identity;
+        lines.push([
+            or_underscore(&identity.namespace).to_owned(),
+            or_underscore(&identity.workload_kind).to_owned(),
+            or_underscore(&identity.workload).to_owned(),
+            or_underscore(&identity.container).to_owned(),
+            profile.syscalls.len().to_string(),
+            profile.total_calls().to_string(),
+            humantime::format_rfc3339_seconds(profile.last_new_syscall).to_string(),
+            if row.stable { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for line in &lines {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for line in &lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `recorder-agent profiles`.
+pub fn profiles(args: ProfilesArgs) -> anyhow::Result<ExitCode> {
+    let server = Server::parse(&args.server)?;
+    let body = get_ok(&server, PROFILES_PATH, "the profiles endpoint")?;
+    let value: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("{} answered with something that is not JSON", server.url()))?;
+    match args.output {
+        ListOutput::Json => emit(None, &pretty(&value)?)?,
+        ListOutput::Table => {
+            let rows: Vec<ListedProfile> = serde_json::from_value(value).with_context(|| {
+                format!("{} answered with an unexpected profile list", server.url())
+            })?;
+            emit(None, table(&rows).as_bytes())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `recorder-agent export`.
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.prometheus.is_some() {
+        return crate::promql::export(args);
+    }
+    let identity = match parse_selector(&args.selector) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("recorder-agent: error: {message}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let server = Server::parse(&args.server)?;
+    let format = match args.format {
+        ExportFormat::Oci => "oci",
+        ExportFormat::Spo => "spo",
+        ExportFormat::Json => "json",
+    };
+    let path = format!("{PROFILES_PATH}/{}?format={format}", identity.url_path());
+    let body = get_ok(&server, &path, &format!("profile {identity}"))?;
+    let invalid = || format!("{} answered with an invalid {format} profile", server.url());
+    // Parsed into the typed shape so that what is written is checked, and pretty-printed in
+    // the field order of the format.
+    let (bytes, syscalls) = match args.format {
+        ExportFormat::Oci => {
+            let oci: OciSeccomp = serde_json::from_slice(&body).with_context(invalid)?;
+            (pretty(&oci)?, oci.allowed_names().len())
+        }
+        ExportFormat::Spo => {
+            let spo: SpoSeccompProfile = serde_json::from_slice(&body).with_context(invalid)?;
+            (pretty(&spo)?, spo.spec.to_oci().allowed_names().len())
+        }
+        ExportFormat::Json => {
+            let value: Value = serde_json::from_slice(&body).with_context(invalid)?;
+            let count = value["syscalls"]
+                .as_object()
+                .map_or(0, serde_json::Map::len);
+            (pretty(&value)?, count)
+        }
+    };
+    emit(args.output.as_deref(), &bytes)?;
+    if let Some(output) = &args.output {
+        eprintln!(
+            "recorder-agent: wrote {} ({format}, {syscalls} syscalls) of {identity}",
+            output.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(policy: &Policy) -> String {
+    let format = match policy.format {
+        FileFormat::Oci => "OCI seccomp",
+        FileFormat::Spo => "SeccompProfile",
+        FileFormat::Recorder => "recorder profile",
+    };
+    format!(
+        "{} ({format}, {} syscalls allowed)",
+        policy.path.display(),
+        policy.allowed().len()
+    )
+}
+
+/// The text `diff` prints.
+fn diff_report(old: &Policy, new: &Policy, diff: &compare::Diff) -> String {
+    let mut out = format!("--- {}\n+++ {}\n", describe(old), describe(new));
+    for name in &diff.added {
+        out.push_str(&format!("+ {name}\n"));
+    }
+    for name in &diff.removed {
+        out.push_str(&format!("- {name}\n"));
+    }
+    for arch in &diff.added_architectures {
+        out.push_str(&format!("+ architecture {arch}\n"));
+    }
+    for arch in &diff.removed_architectures {
+        out.push_str(&format!("- architecture {arch}\n"));
+    }
+    if diff.needs_more() {
+        out.push_str(&format!(
+            "NEW needs more than OLD allows: {} syscall(s), {} architecture(s) added\n",
+            diff.added.len(),
+            diff.added_architectures.len()
+        ));
+    } else {
+        out.push_str(&format!(
+            "NEW allows nothing OLD does not ({} syscall(s) removed)\n",
+            diff.removed.len()
+        ));
+    }
+    out
+}
+
+/// `recorder-agent diff`: exit 0 when NEW allows nothing OLD does not, 1 when it needs more,
+/// 2 when the files cannot be compared (reported here, since `main` maps errors to 1).
+pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let result = (|| -> anyhow::Result<(Policy, Policy, compare::Diff)> {
+        let old = compare::read_policy(&args.old)?;
+        let new = compare::read_policy(&args.new)?;
+        let diff = compare::diff(&old, &new)?;
+        Ok((old, new, diff))
+    })();
+    match result {
+        Ok((old, new, diff)) => {
+            emit(None, diff_report(&old, &new, &diff).as_bytes())?;
+            Ok(ExitCode::from(u8::from(diff.needs_more())))
+        }
+        Err(err) => {
+            eprintln!("recorder-agent: error: {err:#}");
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+/// `recorder-agent merge`.
+pub fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let policies = args
+        .files
+        .iter()
+        .map(|path| compare::read_policy(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = compare::merge(&policies)?;
+    emit(args.output.as_deref(), &pretty(&merged)?)?;
+    if let Some(output) = &args.output {
+        eprintln!(
+            "recorder-agent: merged {} profiles into {} ({} syscalls allowed, {} architectures)",
+            policies.len(),
+            output.display(),
+            merged.allowed_names().len(),
+            merged.architectures.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        assert_eq!(
+            parse_selector("_/Pod/uid/cid"),
+            Ok(Identity::new("", "Pod", "uid", "cid"))
+        );
+        assert_eq!(
+            parse_selector("_/Cgroup/system.slice/cron.service/_"),
+            Ok(Identity::new("", "Cgroup", "system.slice/cron.service", ""))
+        );
+        assert_eq!(
+            parse_selector("ns/Deployment/web/nginx")
+                .expect("ok")
+                .url_path(),
+            "ns/Deployment/web/nginx"
+        );
+        assert_eq!(
+            parse_selector("_/Cgroup/a b/_").expect("ok").url_path(),
+            "_/Cgroup/a%20b/_"
+        );
+        assert_eq!(
+            parse_selector("_/Cgroup/%2F/_"),
+            Ok(Identity::new("", "Cgroup", "/", ""))
+        );
+        assert_eq!(
+            parse_selector("_/Pod/%5F/c"),
+            Ok(Identity::new("", "Pod", "_", "c"))
+        );
+        for bad in [
+            "",
+            "a/b/c",
+            "a//c/d",
+            "a/b/c/",
+            "/a/b/c",
+            "a/b/%ff/d",
+            "a/b/%00/d",
+        ] {
+            let err = parse_selector(bad).expect_err(bad);
+            assert!(err.contains("selector"), "{err}");
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_and_marks_empty_parts() {
+        let mut profile = Profile::new(
+            Identity::new("", "Pod", "uid", "cid"),
+            SystemTime::UNIX_EPOCH,
+        );
+        profile.syscalls.insert("read".into(), 5);
+        profile.syscalls.insert("write".into(), 2);
+        let text = table(&[ListedProfile {
+            profile,
+            stable: true,
+        }]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAMESPACE  KIND  WORKLOAD  CONTAINER  SYSCALLS  CALLS"));
+        assert!(
+            lines[1].starts_with("_          Pod   uid       cid        2         7"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("1970-01-01T00:00:00Z  yes"), "{text}");
+    }
+
+    #[test]
+    fn diff_report_lists_changes_and_verdict() {
+        let policy = |names: &[&str]| Policy {
+            path: std::path::PathBuf::from(format!("{}.json", names.join("-"))),
+            format: FileFormat::Oci,
+            oci: crate::seccomp::oci_allow_list(
+                names.iter().copied(),
+                crate::syscalls::Arch::X86_64,
+            ),
+        };
+        let (old, new) = (policy(&["read", "write"]), policy(&["read", "mkdir"]));
+        let diff = compare::diff(&old, &new).expect("diff");
+        let report = diff_report(&old, &new, &diff);
+        assert_eq!(
+            report,
+            "--- read-write.json (OCI seccomp, 2 syscalls allowed)\n\
+             +++ read-mkdir.json (OCI seccomp, 2 syscalls allowed)\n\
+             + mkdir\n\
+             - write\n\
+             NEW needs more than OLD allows: 1 syscall(s), 0 architecture(s) added\n"
+        );
+        let same = compare::diff(&old, &old).expect("diff");
+        assert!(
+            diff_report(&old, &old, &same)
+                .ends_with("NEW allows nothing OLD does not (0 syscall(s) removed)\n")
+        );
+    }
+}

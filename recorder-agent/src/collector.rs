@@ -1,0 +1,361 @@
+//! One collection round: read every slot's counters, turn them into deltas since the last
+//! round, attribute each cgroup to an identity, fold the deltas into the profile store, and
+//! give the slots of removed cgroups back to the kernel.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
+
+use recorder_ebpf::SYSCALL_COLUMNS;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bpf::{BpfError, Recorder, Totals},
+    cgroup::Resolver,
+    profile::{Identity, ProfileStore},
+    syscalls::Arch,
+};
+
+/// What a round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Cgroups holding a slot at the start of the round.
+    pub cgroups: usize,
+    /// Cgroups whose path could not be resolved.
+    pub unresolved: usize,
+    /// Slots of removed cgroups queued for release (after the next state save).
+    pub released: usize,
+    /// Calls lost because no slot was free (since the previous round).
+    pub lost_calls: u64,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    cgroup: u64,
+    totals: Totals,
+    identity: Option<Identity>,
+    /// Consecutive rounds without a call.
+    idle_rounds: u32,
+}
+
+/// How often (in rounds) a long-idle slot is checked for removal and re-identified.
+const IDLE_RECHECK_ROUNDS: u32 = 8;
+
+/// The kernel counters as far as the saved profiles include them. Saved with the profiles, it
+/// lets an agent that finds its pinned counters after a restart (even after `kill -9`) add
+/// exactly what was counted since the save: nothing lost, nothing twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSnapshot {
+    /// Kernel id of the counters map the totals were read from.
+    pub counts_map_id: u32,
+    /// Per slot: its cgroup, the identity it was attributed to, and its totals.
+    pub slots: Vec<SavedSlot>,
+    /// Totals of the overflow slot.
+    #[serde(default)]
+    pub overflow: BTreeMap<u16, u64>,
+}
+
+/// One slot of a [`KernelSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSlot {
+    /// Slot index.
+    pub slot: u32,
+    /// Cgroup id holding it.
+    pub cgroup: u64,
+    /// Identity its counts went to.
+    pub identity: Option<Identity>,
+    /// Non-zero totals by syscall number.
+    pub totals: BTreeMap<u16, u64>,
+}
+
+fn sparse(totals: &Totals) -> BTreeMap<u16, u64> {
+    totals
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count != 0)
+        .map(|(nr, count)| (nr as u16, *count))
+        .collect()
+}
+
+fn dense(sparse: &BTreeMap<u16, u64>) -> Totals {
+    let mut totals: Totals = Box::new([0; SYSCALL_COLUMNS]);
+    for (&nr, &count) in sparse {
+        if let Some(slot) = totals.get_mut(usize::from(nr)) {
+            *slot = count;
+        }
+    }
+    totals
+}
+
+/// Collection state carried between rounds.
+#[derive(Debug)]
+pub struct Collector {
+    recorder: Recorder,
+    resolver: Resolver,
+    arch: Arch,
+    last: HashMap<u32, SlotState>,
+    overflow_last: Totals,
+    lost_total: u64,
+    /// Removed cgroups whose final counts are folded but not yet saved: their slots are given
+    /// back only after the next state save, so a crash cannot lose those counts.
+    pending_release: Vec<(u64, u32)>,
+    /// The slot table as last read, with the kernel's allocation count at that time: iterating
+    /// the hash map costs two syscalls per cgroup, so it is re-read only when that count moved.
+    slot_table: Option<(u64, Vec<(u64, u32)>)>,
+}
+
+/// `now - before` per column into `out`; returns whether any column moved.
+fn deltas_into(now: &Totals, before: Option<&Totals>, out: &mut [u64; SYSCALL_COLUMNS]) -> bool {
+    let mut any = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        let previous = before.map_or(0, |b| b[i]);
+        *slot = if now[i] >= previous {
+            now[i] - previous
+        } else {
+            now[i]
+        };
+        any |= *slot;
+    }
+    any != 0
+}
+
+/// `now - before` per column; a counter that went backwards was reset and counts from zero.
+fn deltas(now: &Totals, before: Option<&Totals>) -> Totals {
+    let mut out: Totals = Box::new([0; SYSCALL_COLUMNS]);
+    for (i, slot) in out.iter_mut().enumerate() {
+        let previous = before.map_or(0, |b| b[i]);
+        *slot = if now[i] >= previous {
+            now[i] - previous
+        } else {
+            now[i]
+        };
+    }
+    out
+}
+
+impl Collector {
+    /// A collector over an attached recorder.
+    pub fn new(recorder: Recorder, resolver: Resolver, arch: Arch) -> Self {
+        Self {
+            recorder,
+            resolver,
+            arch,
+            last: HashMap::new(),
+            overflow_last: Box::new([0; SYSCALL_COLUMNS]),
+            lost_total: 0,
+            pending_release: Vec::new(),
+            slot_table: None,
+        }
+    }
+
+    /// The (cgroup, slot) pairs, from the cache when no slot was handed out since.
+    fn slot_table(&mut self) -> Result<Vec<(u64, u32)>, BpfError> {
+        let allocated = self.recorder.slots_allocated()?;
+        if let Some((seen, table)) = &self.slot_table
+            && *seen == allocated
+        {
+            return Ok(table.clone());
+        }
+        let table = self.recorder.slots()?;
+        self.slot_table = Some((allocated, table.clone()));
+        Ok(table)
+    }
+
+    /// What the saved profiles include of the kernel counters (save it with them).
+    pub fn snapshot(&self) -> KernelSnapshot {
+        let mut slots: Vec<SavedSlot> = self
+            .last
+            .iter()
+            .map(|(&slot, state)| SavedSlot {
+                slot,
+                cgroup: state.cgroup,
+                identity: state.identity.clone(),
+                totals: sparse(&state.totals),
+            })
+            .collect();
+        slots.sort_by_key(|saved| saved.slot);
+        KernelSnapshot {
+            counts_map_id: self.recorder.continuity().counts_map_id,
+            slots,
+            overflow: sparse(&self.overflow_last),
+        }
+    }
+
+    /// Continues from a snapshot saved by a previous agent, if it describes the counters this
+    /// agent reuses. Returns whether it did.
+    pub fn restore(&mut self, snapshot: &KernelSnapshot) -> bool {
+        let continuity = self.recorder.continuity();
+        if !continuity.reused_maps || snapshot.counts_map_id != continuity.counts_map_id {
+            return false;
+        }
+        for saved in &snapshot.slots {
+            self.last.insert(
+                saved.slot,
+                SlotState {
+                    cgroup: saved.cgroup,
+                    totals: dense(&saved.totals),
+                    identity: saved.identity.clone(),
+                    idle_rounds: 0,
+                },
+            );
+        }
+        self.overflow_last = dense(&snapshot.overflow);
+        true
+    }
+
+    /// Whether slots wait for a state save before they can be given back.
+    pub fn has_pending_releases(&self) -> bool {
+        !self.pending_release.is_empty()
+    }
+
+    /// Gives back the slots of removed cgroups; call right after a successful state save.
+    /// Counts that arrived after the final read (none, for a removed cgroup) are folded too.
+    pub fn release_pending(
+        &mut self,
+        store: &std::sync::RwLock<ProfileStore>,
+        now: SystemTime,
+    ) -> Result<usize, BpfError> {
+        let pending = std::mem::take(&mut self.pending_release);
+        self.slot_table = None;
+        let mut updates = Vec::new();
+        for (cgroup, slot) in &pending {
+            let last = self.recorder.release(*cgroup, *slot)?;
+            if let Some(state) = self.last.remove(slot) {
+                let delta = deltas(&last, Some(&state.totals));
+                if let Some(identity) = state.identity
+                    && delta.iter().any(|&d| d != 0)
+                {
+                    updates.push((identity, delta));
+                }
+            }
+            self.resolver.forget(*cgroup);
+        }
+        let mut store = store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (identity, delta) in updates {
+            store.add_counts(&identity, self.arch, &delta[..], now);
+        }
+        Ok(pending.len())
+    }
+
+    /// The recorder, read-only (capacity, statistics); slots change only through the collector.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// The resolver.
+    pub fn resolver(&mut self) -> &mut Resolver {
+        &mut self.resolver
+    }
+
+    /// Calls lost since start because no slot was free.
+    pub fn lost_total(&self) -> u64 {
+        self.lost_total
+    }
+
+    /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved).
+    pub fn collect(
+        &mut self,
+        store: &std::sync::RwLock<ProfileStore>,
+        now: SystemTime,
+        identify: &dyn Fn(u64, Option<&str>) -> Identity,
+    ) -> Result<RoundStats, BpfError> {
+        self.resolver.begin_round();
+        let slots = self.slot_table()?;
+        let mut stats = RoundStats {
+            cgroups: slots.len(),
+            ..RoundStats::default()
+        };
+        let mut updates: Vec<(Identity, Totals)> = Vec::new();
+        let mut scratch: Totals = Box::new([0; SYSCALL_COLUMNS]);
+        for (cgroup, slot) in slots {
+            if self
+                .pending_release
+                .iter()
+                .any(|(_, pending)| *pending == slot)
+            {
+                continue;
+            }
+            let totals = self.recorder.read_slot(slot)?;
+            let previous = self.last.get(&slot).filter(|state| state.cgroup == cgroup);
+            let idle = !deltas_into(&totals, previous.map(|state| &state.totals), &mut scratch);
+            let idle_rounds = match previous {
+                Some(state) if idle => state.idle_rounds.saturating_add(1),
+                _ => 0,
+            };
+            // An idle slot is checked for removal when it has just gone idle (a container that
+            // exited) and then every few rounds: a stat per slot per round would cost more
+            // than reading its counters. A slot with activity cannot have been removed yet.
+            let recheck_removal =
+                idle && (idle_rounds == 1 || idle_rounds % IDLE_RECHECK_ROUNDS == 0);
+            // Active slots are identified every round (Kubernetes metadata may just have
+            // arrived); idle ones on the removal schedule.
+            let recheck = !idle || recheck_removal;
+            let known = previous.and_then(|state| state.identity.clone());
+            let identity = if !recheck && let Some(known) = known {
+                known
+            } else {
+                let path = self.resolver.resolve(cgroup).map(str::to_owned);
+                if path.is_none() {
+                    stats.unresolved += 1;
+                }
+                // A cgroup whose directory is gone keeps the identity it had (e.g. after a
+                // restart, from the saved state) instead of becoming "unresolved".
+                match (&path, previous.and_then(|state| state.identity.clone())) {
+                    (None, Some(known)) => known,
+                    _ => identify(cgroup, path.as_deref()),
+                }
+            };
+            // A removed cgroup has no tasks left: this read is final (release_pending folds
+            // anything that still raced in).
+            if recheck_removal && self.resolver.is_removed(cgroup) {
+                self.pending_release.push((cgroup, slot));
+                stats.released += 1;
+            }
+            if !idle {
+                updates.push((identity.clone(), scratch.clone()));
+            }
+            self.last.insert(
+                slot,
+                SlotState {
+                    cgroup,
+                    totals,
+                    identity: Some(identity),
+                    idle_rounds,
+                },
+            );
+        }
+        let overflow = self.recorder.read_overflow()?;
+        stats.lost_calls = deltas(&overflow, Some(&self.overflow_last)).iter().sum();
+        self.lost_total = self.lost_total.saturating_add(stats.lost_calls);
+        self.overflow_last = overflow;
+
+        let mut store = store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (identity, delta) in updates {
+            store.add_counts(&identity, self.arch, &delta[..], now);
+        }
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_handle_first_read_and_reset() {
+        let mut a: Totals = Box::new([0; SYSCALL_COLUMNS]);
+        a[0] = 5;
+        a[1] = 2;
+        assert_eq!(deltas(&a, None)[0], 5);
+        let mut b = a.clone();
+        b[0] = 7;
+        b[1] = 1; // reset: counts from zero
+        let d = deltas(&b, Some(&a));
+        assert_eq!((d[0], d[1], d[2]), (2, 1, 0));
+    }
+}

@@ -1,0 +1,323 @@
+//! The command line: every subcommand, flag and environment variable the agent accepts.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The Kubernetes API calls the agent makes in Kubernetes mode: (API group, resource, verbs).
+/// It watches the pods of its node and resolves controller owners with single GETs. The
+/// deploy manifests' ClusterRole is tested against this list.
+pub const KUBERNETES_API_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "pods", &["list", "watch"]),
+    ("apps", "replicasets", &["get"]),
+    ("batch", "jobs", &["get"]),
+];
+
+/// Default HTTP listen address: loopback only unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+
+/// Records which syscalls every container makes, per workload, and turns them into seccomp
+/// profiles.
+#[derive(Debug, Parser)]
+#[command(name = "recorder-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: count syscalls of every cgroup, serve profiles over HTTP.
+    Run(RunArgs),
+    /// Run a command in a fresh cgroup and write the seccomp profile of what it did.
+    Record(RecordArgs),
+    /// List the profiles of a running agent.
+    Profiles(ProfilesArgs),
+    /// Export one profile (from an agent, or cluster-wide from Prometheus).
+    Export(ExportArgs),
+    /// Compare two profiles: exit 0 when NEW allows nothing OLD does not, 1 when it needs more.
+    Diff(DiffArgs),
+    /// Merge profiles into one (union of syscalls and architectures).
+    Merge(MergeArgs),
+    /// Remove the pinned counters and programs an agent left in the bpf filesystem
+    /// (uninstall); the programs detach once no agent runs.
+    Unpin(UnpinArgs),
+    /// Benchmark helper for `cargo xtask bench`: attach a program, print one line, hold it
+    /// until stdin closes, then print the kernel statistics.
+    #[command(hide = true)]
+    BenchProbe(BenchProbeArgs),
+    /// Benchmark helper for `cargo xtask bench`: time collections over N active cgroups.
+    #[command(hide = true)]
+    BenchCollect(BenchCollectArgs),
+}
+
+/// What `bench-probe` attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchProgram {
+    /// An empty sys_enter program (the floor).
+    Empty,
+    /// The recorder, as the agent loads it (not pinned).
+    Recorder,
+}
+
+/// `recorder-agent bench-probe`.
+#[derive(Debug, Args)]
+pub struct BenchProbeArgs {
+    /// Which program.
+    #[arg(long, value_enum)]
+    pub program: BenchProgram,
+    /// Slots of the recorder.
+    #[arg(long, default_value_t = 1024)]
+    pub max_cgroups: u32,
+}
+
+/// `recorder-agent bench-collect`.
+#[derive(Debug, Args)]
+pub struct BenchCollectArgs {
+    /// Numbers of active cgroups to measure, e.g. 100,1000.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    pub cgroups: Vec<u32>,
+    /// Collections timed per size (the median is reported).
+    #[arg(long, default_value_t = 15)]
+    pub rounds: u32,
+}
+
+/// `recorder-agent unpin`.
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    /// The bpf filesystem the agent pinned in.
+    #[arg(long, env = "RECORDER_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+/// Default bpf filesystem mount.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+/// Default agent URL of the client subcommands.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:9477";
+
+/// Table or JSON output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListOutput {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON.
+    Json,
+}
+
+/// `recorder-agent profiles`.
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    /// The agent's URL.
+    #[arg(long, env = "RECORDER_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+    pub output: ListOutput,
+}
+
+/// Export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// OCI runtime-spec seccomp profile.
+    Oci,
+    /// security-profiles-operator SeccompProfile (v1beta1).
+    Spo,
+    /// The recorder's profile JSON (counts, first/last seen).
+    Json,
+}
+
+/// `recorder-agent export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// NAMESPACE/KIND/WORKLOAD/CONTAINER (`_` for an empty part).
+    #[arg(value_name = "SELECTOR")]
+    pub selector: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Oci)]
+    pub format: ExportFormat,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// The agent's URL.
+    #[arg(long, env = "RECORDER_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Build the profile cluster-wide from this Prometheus server instead of one agent.
+    #[arg(long)]
+    pub prometheus: Option<String>,
+    /// With --prometheus: how far back to look (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", requires = "prometheus")]
+    pub range: String,
+}
+
+/// `recorder-agent diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The profile in force (OCI seccomp or recorder JSON).
+    pub old: PathBuf,
+    /// The candidate profile.
+    pub new: PathBuf,
+}
+
+/// `recorder-agent merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Profiles to merge (OCI seccomp).
+    #[arg(required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+}
+
+/// Whether to attribute cgroups to Kubernetes workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KubernetesMode {
+    /// On when running in a cluster (KUBERNETES_SERVICE_HOST) or KUBECONFIG is set.
+    Auto,
+    /// Always (fails without cluster access).
+    On,
+    /// Never: standalone identities from cgroup paths.
+    Off,
+}
+
+/// `recorder-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// HTTP listen address (API, health).
+    #[arg(long, env = "RECORDER_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// How often to collect the kernel counters (e.g. 1s, 500ms).
+    #[arg(long, env = "RECORDER_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Where learned profiles persist across restarts.
+    #[arg(
+        long,
+        env = "RECORDER_STATE_DIR",
+        default_value = "/var/lib/syscall-recorder"
+    )]
+    pub state_dir: PathBuf,
+    /// The cgroup v2 mount to resolve cgroup ids against, or a directory whose `unified` child
+    /// is (a hybrid host's /sys/fs/cgroup). Default: found in /proc/self/mountinfo.
+    #[arg(long, env = "RECORDER_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Attribute cgroups to Kubernetes workloads.
+    #[arg(long, env = "RECORDER_KUBERNETES", value_enum, default_value_t = KubernetesMode::Auto)]
+    pub kubernetes: KubernetesMode,
+    /// How many cgroups the kernel can count at once (kernel memory: 4 KiB per cgroup per CPU).
+    #[arg(long, env = "RECORDER_MAX_CGROUPS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_cgroups: u32,
+    /// A profile is stable once no new syscall appeared for this long.
+    #[arg(long, env = "RECORDER_STABLE_AFTER", default_value = "10m", value_parser = parse_interval)]
+    pub stable_after: Duration,
+    /// bpf filesystem where counters and programs are pinned, so counting goes on while the
+    /// agent restarts or upgrades (skipped with a warning when it is not a bpffs mount).
+    #[arg(long, env = "RECORDER_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Do not pin: counters and programs go away with the agent.
+    #[arg(long, env = "RECORDER_NO_PIN")]
+    pub no_pin: bool,
+    /// Limit of per-workload metric series on /metrics; workloads beyond it are folded into
+    /// `workload="(folded)"` (counted in `syscall_recorder_metrics_folded_workloads`).
+    #[arg(long, env = "RECORDER_MAX_SERIES", default_value_t = crate::metrics::DEFAULT_MAX_SERIES, value_parser = clap::value_parser!(u32).range(100..))]
+    pub max_series: u32,
+    /// Kubelet seccomp root: profiles are written below `DIR/syscall-recorder/`.
+    #[arg(long, env = "RECORDER_SECCOMP_DIR")]
+    pub seccomp_dir: Option<PathBuf>,
+    /// This node's name (Kubernetes mode: only this node's pods are watched).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubeconfig file (default: in-cluster service account, else KUBECONFIG / ~/.kube/config).
+    #[arg(long, env = "RECORDER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Output format of `record`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecordFormat {
+    /// OCI runtime-spec seccomp profile (what runc, containerd, CRI-O and kubelet read).
+    Oci,
+    /// The recorder's own profile JSON: counts, first/last seen.
+    Json,
+}
+
+/// `recorder-agent record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Where to write the profile.
+    #[arg(short = 'o', long = "output", default_value = "seccomp-profile.json")]
+    pub output: PathBuf,
+    /// Profile format.
+    #[arg(long, value_enum, default_value_t = RecordFormat::Oci)]
+    pub format: RecordFormat,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Parses a positive duration such as `1s`, `250ms` or `2m`.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|err| format!("{err} (e.g. 1s, 500ms)"))?;
+    if duration < Duration::from_millis(10) {
+        return Err("must be at least 10ms".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_and_errors() {
+        let cli = Cli::try_parse_from(["recorder-agent", "run"]).expect("defaults");
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(args.interval, Duration::from_secs(1));
+        for bad in [
+            vec!["recorder-agent", "run", "--interval", "0s"],
+            vec!["recorder-agent", "run", "--interval", "soon"],
+            vec!["recorder-agent", "run", "--listen", "nowhere"],
+            vec!["recorder-agent", "run", "--kubernetes", "maybe"],
+            vec!["recorder-agent", "run", "--max-cgroups", "0"],
+            vec!["recorder-agent", "record"],
+            vec!["recorder-agent", "record", "--format", "xml", "--", "true"],
+        ] {
+            let err = Cli::try_parse_from(&bad).expect_err("must fail");
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn record_takes_the_command_verbatim() {
+        let cli = Cli::try_parse_from([
+            "recorder-agent",
+            "record",
+            "-o",
+            "p.json",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ])
+        .expect("parse");
+        let Command::Record(args) = cli.command else {
+            panic!("not record")
+        };
+        assert_eq!(args.command, ["sh", "-c", "exit 7"]);
+        assert_eq!(args.output, PathBuf::from("p.json"));
+        assert_eq!(args.format, RecordFormat::Oci);
+    }
+}

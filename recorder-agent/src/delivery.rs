@@ -1,0 +1,400 @@
+//! Delivery of learned profiles to the node's kubelet seccomp root (`run --seccomp-dir DIR`):
+//! each profile becomes `DIR/syscall-recorder/<namespace>/<kind>/<workload>/<container>.json`
+//! (OCI seccomp, `_` for an empty part, the kind lowercased), written atomically and only when
+//! its syscall set changed. Owns the rule that keeps names from the cgroup tree or the API from
+//! ever addressing a file outside `DIR`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::ExportFormat,
+    profile::{Identity, Profile, ProfileStore},
+    seccomp,
+    state::{self, StateError},
+    syscalls::Arch,
+};
+
+/// Subdirectory of the seccomp root that the agent owns.
+pub const SUBDIR: &str = "syscall-recorder";
+/// Longest path component written (most filesystems allow 255 bytes; `.json` and the
+/// temp-file prefix and suffix need room).
+const MAX_PART: usize = 200;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The root could not be created.
+    #[error("creating the seccomp dir {path}: {source}")]
+    Root {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A profile's identity cannot be a path below the root.
+    #[error("{identity}: {part} {value:?} is not a safe path component ({reason})")]
+    UnsafeName {
+        /// The identity (as `ns/kind/workload/container`).
+        identity: String,
+        /// Which part.
+        part: &'static str,
+        /// The part's value.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Writing a profile failed.
+    #[error("writing the profile of {identity}: {source}")]
+    Write {
+        /// The identity (as `ns/kind/workload/container`).
+        identity: String,
+        /// The cause.
+        source: StateError,
+    },
+}
+
+/// Checks one part: `_` stands for empty; anything else must be a DNS-1123-ish name
+/// (ASCII letters, digits, `-`, `_`, `.`) that is not `.`/`..`-like and not hidden.
+fn safe_part(
+    identity: &Identity,
+    part: &'static str,
+    value: &str,
+) -> Result<String, DeliveryError> {
+    if value.is_empty() {
+        return Ok("_".to_owned());
+    }
+    let refuse = |reason| DeliveryError::UnsafeName {
+        identity: identity.to_string(),
+        part,
+        value: value.to_owned(),
+        reason,
+    };
+    if value.contains('\0') {
+        return Err(refuse("NUL"));
+    }
+    if value.contains('/') {
+        return Err(refuse("contains /"));
+    }
+    if value.starts_with('.') {
+        return Err(refuse("starts with a dot (., .. or a hidden file)"));
+    }
+    if value.len() > MAX_PART {
+        return Err(refuse("too long"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(refuse(
+            "only ASCII letters, digits, '-', '_' and '.' are allowed",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// The path of `identity`'s profile relative to the seccomp root (`syscall-recorder/...`),
+/// which is also the pod's `localhostProfile`. Refuses any identity whose parts could name
+/// something outside the root.
+pub fn relative_path(identity: &Identity) -> Result<PathBuf, DeliveryError> {
+    let namespace = safe_part(identity, "namespace", &identity.namespace)?;
+    let kind = safe_part(
+        identity,
+        "workload kind",
+        &identity.workload_kind.to_ascii_lowercase(),
+    )?;
+    let workload = safe_part(identity, "workload", &identity.workload)?;
+    let container = safe_part(identity, "container", &identity.container)?;
+    Ok([
+        SUBDIR,
+        &namespace,
+        &kind,
+        &workload,
+        &format!("{container}.json"),
+    ]
+    .iter()
+    .collect())
+}
+
+/// What was written last for one identity.
+#[derive(Debug)]
+struct Written {
+    /// `last_new_syscall` and number of names then: unchanged means the set is unchanged,
+    /// since a profile only ever gains names, and checking costs nothing.
+    last_new_syscall: SystemTime,
+    names: usize,
+    /// Hash of the sorted names, for when the cheap check says "maybe".
+    fingerprint: u64,
+}
+
+fn fingerprint(profile: &Profile) -> u64 {
+    let names: Vec<&str> = profile.syscalls.keys().map(String::as_str).collect();
+    seccomp::fnv1a64(&names)
+}
+
+/// What one delivery pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Profiles written.
+    pub written: usize,
+    /// Identities refused (first time seen).
+    pub rejected: usize,
+    /// Writes that failed (retried next pass).
+    pub failed: usize,
+}
+
+/// Writes profiles below `DIR/syscall-recorder/`, remembering what it wrote.
+#[derive(Debug)]
+pub struct Delivery {
+    root: PathBuf,
+    arch: Arch,
+    written: HashMap<Identity, Written>,
+    rejected: HashSet<Identity>,
+    failing: HashSet<Identity>,
+    counters: Arc<DeliveryCounters>,
+}
+
+/// Totals since start, for metrics (shared with whoever exports them).
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    /// Profile files written.
+    pub written: AtomicU64,
+    /// Identities refused because their names are unsafe as paths (each counted once).
+    pub rejected: AtomicU64,
+    /// Failed writes (each attempt).
+    pub failed: AtomicU64,
+}
+
+impl Delivery {
+    /// Delivery into the kubelet seccomp root `dir` (created if missing).
+    pub fn new(dir: &Path, arch: Arch) -> Result<Self, DeliveryError> {
+        let root = dir.join(SUBDIR);
+        fs::create_dir_all(&root).map_err(|source| DeliveryError::Root {
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Self {
+            root: dir.to_owned(),
+            arch,
+            written: HashMap::new(),
+            rejected: HashSet::new(),
+            failing: HashSet::new(),
+            counters: Arc::default(),
+        })
+    }
+
+    /// The totals, for metrics.
+    pub fn counters(&self) -> Arc<DeliveryCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Whether `profile` has to be (re)written: a container profile whose syscall set differs
+    /// from what was written last.
+    fn needs_write(&self, profile: &Profile) -> bool {
+        let identity = &profile.identity;
+        if identity.workload_kind == "Cgroup" || self.rejected.contains(identity) {
+            return false;
+        }
+        match self.written.get(identity) {
+            None => true,
+            Some(last) => {
+                (last.last_new_syscall != profile.last_new_syscall
+                    || last.names != profile.syscalls.len())
+                    && last.fingerprint != fingerprint(profile)
+            }
+        }
+    }
+
+    /// Writes every profile whose syscall set changed since it was last written. Profiles of
+    /// kind `Cgroup` (host services, not containers) are not delivered: no pod can use them.
+    /// The store is only read-locked to pick (and clone) the changed profiles, never during
+    /// the file writes and their fsyncs.
+    pub fn deliver(&mut self, store: &RwLock<ProfileStore>) -> DeliveryStats {
+        let changed: Vec<Profile> = store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|profile| self.needs_write(profile))
+            .cloned()
+            .collect();
+        let mut stats = DeliveryStats::default();
+        for profile in &changed {
+            let identity = &profile.identity;
+            match self.write(profile) {
+                Ok(true) => {
+                    stats.written += 1;
+                    self.counters.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(err @ DeliveryError::UnsafeName { .. }) => {
+                    warn!(error = %err, "not delivering a profile: its name cannot be a path below the seccomp dir");
+                    self.rejected.insert(identity.clone());
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    stats.rejected += 1;
+                }
+                Err(err) => {
+                    // Logged once per identity until it works again; retried every pass.
+                    if self.failing.insert(identity.clone()) {
+                        warn!(error = %err, "delivering a profile failed; retrying every collection");
+                    }
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    stats.failed += 1;
+                }
+            }
+        }
+        stats
+    }
+
+    /// Writes one profile unless the file already holds exactly this content (a restart);
+    /// returns whether it wrote.
+    fn write(&mut self, profile: &Profile) -> Result<bool, DeliveryError> {
+        let identity = &profile.identity;
+        let path = self.root.join(relative_path(identity)?);
+        let bytes = seccomp::render(ExportFormat::Oci, profile, self.arch);
+        let write_err = |source| DeliveryError::Write {
+            identity: identity.to_string(),
+            source,
+        };
+        let unchanged = fs::read(&path).is_ok_and(|existing| existing == bytes);
+        if !unchanged {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|source| {
+                    write_err(StateError::Io {
+                        action: "creating",
+                        path: parent.to_owned(),
+                        source,
+                    })
+                })?;
+            }
+            state::write_atomic(&path, &bytes).map_err(write_err)?;
+        }
+        if self.failing.remove(identity) {
+            info!(%identity, "delivering the profile works again");
+        }
+        debug!(%identity, path = %path.display(), syscalls = profile.syscalls.len(), unchanged, "delivered profile");
+        self.written.insert(
+            identity.clone(),
+            Written {
+                last_new_syscall: profile.last_new_syscall,
+                names: profile.syscalls.len(),
+                fingerprint: fingerprint(profile),
+            },
+        );
+        Ok(!unchanged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::MetadataExt as _, time::Duration};
+
+    use super::*;
+
+    fn store_with(identity: &Identity, nrs: &[usize], at: u64) -> RwLock<ProfileStore> {
+        let store = RwLock::new(ProfileStore::new());
+        add(&store, identity, nrs, at);
+        store
+    }
+
+    fn add(store: &RwLock<ProfileStore>, identity: &Identity, nrs: &[usize], at: u64) {
+        let mut deltas = vec![0u64; 512];
+        for &nr in nrs {
+            deltas[nr] = 1;
+        }
+        store.write().expect("lock").add_counts(
+            identity,
+            Arch::X86_64,
+            &deltas,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+        );
+    }
+
+    #[test]
+    fn paths_and_refusals() {
+        assert_eq!(
+            relative_path(&Identity::new("", "Pod", "8a1f-uid", "abc123")).expect("ok"),
+            PathBuf::from("syscall-recorder/_/pod/8a1f-uid/abc123.json")
+        );
+        assert_eq!(
+            relative_path(&Identity::new("team-a", "Deployment", "web", "")).expect("ok"),
+            PathBuf::from("syscall-recorder/team-a/deployment/web/_.json")
+        );
+        for (identity, why) in [
+            (Identity::new("..", "Pod", "w", "c"), "dot"),
+            (Identity::new("ns", "Pod", "..", "c"), "dot"),
+            (Identity::new("ns", "Pod", "w", ".hidden"), "dot"),
+            (Identity::new("ns", "Pod", "a/../../etc", "c"), "/"),
+            (Identity::new("ns", "Pod", "w", "c\0"), "NUL"),
+            (Identity::new("ns", "Pod", "w", "sp ace"), "ASCII"),
+            (Identity::new("ns", "Pod", "wé", "c"), "ASCII"),
+            (Identity::new("ns", "Pod", &"x".repeat(300), "c"), "long"),
+        ] {
+            let err = relative_path(&identity).expect_err(why);
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn writes_only_when_the_set_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = Identity::new("", "Pod", "uid", "cid");
+        let store = store_with(&identity, &[0, 1], 10);
+        let mut delivery = Delivery::new(dir.path(), Arch::X86_64).expect("new");
+        assert_eq!(delivery.deliver(&store).written, 1);
+        let path = dir.path().join("syscall-recorder/_/pod/uid/cid.json");
+        let first: seccomp::OciSeccomp =
+            serde_json::from_slice(&fs::read(&path).expect("written")).expect("oci");
+        assert_eq!(first.syscalls[0].names, ["read", "write"]);
+        let inode = fs::metadata(&path).expect("meta").ino();
+        // Same names again (more calls): nothing written.
+        add(&store, &identity, &[0, 1], 20);
+        assert_eq!(delivery.deliver(&store), DeliveryStats::default());
+        assert_eq!(fs::metadata(&path).expect("meta").ino(), inode);
+        // A new name: rewritten (a rename, so a new inode), no temp file left behind.
+        add(&store, &identity, &[83], 30);
+        assert_eq!(delivery.deliver(&store).written, 1);
+        assert_ne!(fs::metadata(&path).expect("meta").ino(), inode);
+        let names: Vec<_> = fs::read_dir(path.parent().expect("parent"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["cid.json"]);
+        // A restarted agent finds the same content and does not rewrite it.
+        let mut restarted = Delivery::new(dir.path(), Arch::X86_64).expect("new");
+        assert_eq!(restarted.deliver(&store).written, 0);
+    }
+
+    #[test]
+    fn unsafe_and_host_cgroups_are_not_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with(&Identity::new("", "Pod", "..", "c"), &[0], 1);
+        add(
+            &store,
+            &Identity::new("", "Cgroup", "system.slice/cron.service", ""),
+            &[0],
+            1,
+        );
+        let mut delivery = Delivery::new(dir.path(), Arch::X86_64).expect("new");
+        let counters = delivery.counters();
+        assert_eq!(delivery.deliver(&store).rejected, 1);
+        // Counted once, not once per pass.
+        assert_eq!(delivery.deliver(&store).rejected, 0);
+        assert_eq!(counters.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.written.load(Ordering::Relaxed), 0);
+        let entries: Vec<_> = fs::read_dir(dir.path().join(SUBDIR))
+            .expect("dir")
+            .collect();
+        assert!(entries.is_empty(), "{entries:?}");
+        assert!(!dir.path().join("c.json").exists());
+    }
+}

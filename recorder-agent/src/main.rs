@@ -1,0 +1,47 @@
+//! `recorder-agent`: parses the command line and hands over to the subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use recorder_agent::{
+    agent, cli,
+    config::{Cli, Command},
+    record,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colours only for people: log collectors (kubelet, files) get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(agent::run(args)))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Record(args) => record::run(args),
+        Command::Profiles(args) => cli::profiles(args),
+        Command::Export(args) => cli::export(args),
+        Command::Diff(args) => cli::diff(args),
+        Command::Merge(args) => cli::merge(args),
+        Command::Unpin(args) => agent::unpin(&args),
+        Command::BenchProbe(args) => recorder_agent::bench::probe(&args),
+        Command::BenchCollect(args) => recorder_agent::bench::collect(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("recorder-agent: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! Per-workload syscall profiles: the identity a profile belongs to, and pure aggregation of
+//! counter deltas into profiles (counts per syscall, unknown numbers, first/last seen).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cgroup::{self, CgroupKind},
+    syscalls::Arch,
+};
+
+/// Who a profile belongs to. Unknown parts are empty strings (and `_` in URL paths).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Identity {
+    /// Kubernetes namespace, empty outside Kubernetes.
+    pub namespace: String,
+    /// `Deployment`, `StatefulSet`, ..., `Pod`, `Container` or `Cgroup`.
+    pub workload_kind: String,
+    /// Workload name, pod UID, container id or cgroup path, by kind.
+    pub workload: String,
+    /// Container name (or container id for a bare pod cgroup), empty when not applicable.
+    pub container: String,
+}
+
+impl Identity {
+    /// Builds an identity from its four parts.
+    pub fn new(namespace: &str, kind: &str, workload: &str, container: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            workload_kind: kind.to_owned(),
+            workload: workload.to_owned(),
+            container: container.to_owned(),
+        }
+    }
+
+    /// The identity the standalone rule gives a cgroup path (relative to the cgroup2 root):
+    /// a kubelet pod container → `Pod`, another runtime's container → `Container`, anything
+    /// else → `Cgroup` with the path (`/` for the root).
+    pub fn from_cgroup_path(path: &str) -> Self {
+        match cgroup::classify(path) {
+            CgroupKind::PodContainer {
+                pod_uid,
+                container_id,
+                ..
+            } => Self::new("", "Pod", &pod_uid, &container_id),
+            CgroupKind::Container { container_id, .. } => {
+                Self::new("", "Container", &container_id, "")
+            }
+            CgroupKind::RuntimeHelper | CgroupKind::Other => {
+                let trimmed = path.trim_matches('/');
+                Self::new(
+                    "",
+                    "Cgroup",
+                    if trimmed.is_empty() { "/" } else { trimmed },
+                    "",
+                )
+            }
+        }
+    }
+
+    /// Where the counts of cgroups whose path could not be learned go (the cgroup was gone
+    /// before the agent saw its directory).
+    pub fn unresolved() -> Self {
+        Self::new("", "Cgroup", "(unresolved)", "")
+    }
+
+    /// The four parts as URL path segments: `_` for an empty part, the rest percent-encoded.
+    pub fn url_path(&self) -> String {
+        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~');
+        [
+            &self.namespace,
+            &self.workload_kind,
+            &self.workload,
+            &self.container,
+        ]
+        .iter()
+        .map(|part| {
+            if part.is_empty() {
+                "_".to_owned()
+            } else if part.as_str() == "_" {
+                // A literal underscore must not read back as an empty part.
+                "%5F".to_owned()
+            } else {
+                percent_encoding::utf8_percent_encode(part, SEGMENT).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let part = |s: &str| {
+            if s.is_empty() {
+                "_".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            part(&self.namespace),
+            part(&self.workload_kind),
+            part(&self.workload),
+            part(&self.container)
+        )
+    }
+}
+
+/// RFC 3339 timestamps (UTC, milliseconds) for serde.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    /// Serializes as RFC 3339.
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+    }
+
+    /// Parses RFC 3339 (any precision, `Z` or offset-less UTC).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
+    }
+}
+
+/// What one workload has done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Whose profile this is.
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// Calls per syscall name.
+    pub syscalls: BTreeMap<String, u64>,
+    /// Calls whose number has no name on this architecture (never given an invented name).
+    pub unknown_syscalls: u64,
+    /// When the first call was counted.
+    #[serde(with = "rfc3339")]
+    pub first_seen: SystemTime,
+    /// When the last call was counted.
+    #[serde(with = "rfc3339")]
+    pub last_seen: SystemTime,
+    /// When a syscall appeared that the profile did not have before.
+    #[serde(with = "rfc3339")]
+    pub last_new_syscall: SystemTime,
+    /// The syscall set drift is measured against: the profile as it stood when it first
+    /// became stable, or as last delivered (see [`Profile::set_baseline`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+    /// Drift: calls since the baseline was set to syscalls outside it, per name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unexpected_syscalls: BTreeMap<String, u64>,
+}
+
+/// The syscall set a profile's drift is measured against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// The allowed names.
+    pub syscalls: BTreeSet<String>,
+    /// When it was set.
+    #[serde(with = "rfc3339")]
+    pub since: SystemTime,
+}
+
+impl Profile {
+    /// An empty profile first seen at `now`.
+    pub fn new(identity: Identity, now: SystemTime) -> Self {
+        Self {
+            identity,
+            syscalls: BTreeMap::new(),
+            unknown_syscalls: 0,
+            first_seen: now,
+            last_seen: now,
+            last_new_syscall: now,
+            baseline: None,
+            unexpected_syscalls: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the syscall set drift is measured against (e.g. the profile last delivered to
+    /// the seccomp dir). Drift counted so far for names the new set allows is dropped; the
+    /// rest keeps counting, so those counters stay monotonic.
+    pub fn set_baseline<I, S>(&mut self, syscalls: I, since: SystemTime)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let syscalls: BTreeSet<String> = syscalls.into_iter().map(Into::into).collect();
+        self.unexpected_syscalls
+            .retain(|name, _| !syscalls.contains(name));
+        self.baseline = Some(Baseline { syscalls, since });
+    }
+
+    /// Freezes the current syscall set as the baseline if the profile is stable at `now`
+    /// and has none yet. Returns whether it did.
+    pub fn freeze_baseline_if_stable(&mut self, now: SystemTime, stable_after: Duration) -> bool {
+        if self.baseline.is_some() || !self.is_stable(now, stable_after) {
+            return false;
+        }
+        let names: Vec<String> = self.syscalls.keys().cloned().collect();
+        self.set_baseline(names, now);
+        true
+    }
+
+    fn note_drift(&mut self, name: &str, delta: u64) {
+        let Some(baseline) = &self.baseline else {
+            return;
+        };
+        if baseline.syscalls.contains(name) {
+            return;
+        }
+        let count = self.unexpected_syscalls.entry(name.to_owned()).or_insert(0);
+        *count = count.saturating_add(delta);
+    }
+
+    /// Adds per-number counter deltas (`deltas[nr]`); returns whether a new syscall appeared.
+    pub fn add_counts(&mut self, arch: Arch, deltas: &[u64], now: SystemTime) -> bool {
+        let mut any = false;
+        let mut grew = false;
+        for (nr, &delta) in deltas.iter().enumerate() {
+            if delta == 0 {
+                continue;
+            }
+            any = true;
+            match arch.syscall_name(nr) {
+                Some(name) => {
+                    grew |= self.add_named(name, delta);
+                    self.note_drift(name, delta);
+                }
+                None => self.unknown_syscalls = self.unknown_syscalls.saturating_add(delta),
+            }
+        }
+        if any {
+            self.touch(now, grew);
+        }
+        grew
+    }
+
+    fn add_named(&mut self, name: &str, delta: u64) -> bool {
+        match self.syscalls.get_mut(name) {
+            Some(count) => {
+                *count = count.saturating_add(delta);
+                false
+            }
+            None => {
+                self.syscalls.insert(name.to_owned(), delta);
+                true
+            }
+        }
+    }
+
+    fn touch(&mut self, now: SystemTime, grew: bool) {
+        self.first_seen = self.first_seen.min(now);
+        self.last_seen = self.last_seen.max(now);
+        if grew {
+            self.last_new_syscall = self.last_new_syscall.max(now);
+        }
+    }
+
+    /// Folds another profile of the same workload into this one (replicas, re-attribution).
+    pub fn merge(&mut self, other: &Self) {
+        let mut grew = false;
+        for (name, &count) in &other.syscalls {
+            grew |= self.add_named(name, count);
+        }
+        self.unknown_syscalls = self.unknown_syscalls.saturating_add(other.unknown_syscalls);
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.last_new_syscall = self.last_new_syscall.max(other.last_new_syscall);
+        if grew {
+            self.last_new_syscall = self.last_new_syscall.max(other.last_seen);
+        }
+        // Keep this profile's baseline (or adopt the other's); drift adds up, restricted to
+        // what the kept baseline does not allow.
+        if self.baseline.is_none() {
+            self.baseline = other.baseline.clone();
+        }
+        for (name, &count) in &other.unexpected_syscalls {
+            let entry = self.unexpected_syscalls.entry(name.clone()).or_insert(0);
+            *entry = entry.saturating_add(count);
+        }
+        if let Some(baseline) = &self.baseline {
+            self.unexpected_syscalls
+                .retain(|name, _| !baseline.syscalls.contains(name));
+        }
+    }
+
+    /// Total calls counted, named and unknown.
+    pub fn total_calls(&self) -> u64 {
+        self.syscalls
+            .values()
+            .fold(self.unknown_syscalls, |sum, count| {
+                sum.saturating_add(*count)
+            })
+    }
+
+    /// Whether no new syscall appeared for `stable_after` up to `now`.
+    pub fn is_stable(&self, now: SystemTime, stable_after: Duration) -> bool {
+        now.duration_since(self.last_new_syscall)
+            .is_ok_and(|quiet| quiet >= stable_after)
+    }
+}
+
+/// All profiles the agent knows, by identity.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileStore {
+    profiles: BTreeMap<Identity, Profile>,
+}
+
+impl ProfileStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds counter deltas to `identity`'s profile, creating it on the first call.
+    /// Returns whether a new syscall appeared.
+    pub fn add_counts(
+        &mut self,
+        identity: &Identity,
+        arch: Arch,
+        deltas: &[u64],
+        now: SystemTime,
+    ) -> bool {
+        if deltas.iter().all(|&delta| delta == 0) {
+            return false;
+        }
+        // No key clone for the common case of an existing profile.
+        if let Some(profile) = self.profiles.get_mut(identity) {
+            return profile.add_counts(arch, deltas, now);
+        }
+        let profile = self
+            .profiles
+            .entry(identity.clone())
+            .or_insert_with(|| Profile::new(identity.clone(), now));
+        profile.add_counts(arch, deltas, now)
+    }
+
+    /// Inserts a profile, merging with an existing one of the same identity.
+    pub fn merge_profile(&mut self, profile: Profile) {
+        match self.profiles.get_mut(&profile.identity) {
+            Some(existing) => existing.merge(&profile),
+            None => {
+                self.profiles.insert(profile.identity.clone(), profile);
+            }
+        }
+    }
+
+    /// Freezes the baseline of every profile that is stable at `now` and has none yet
+    /// (see [`Profile::freeze_baseline_if_stable`]). Returns how many were frozen.
+    pub fn freeze_stable_baselines(&mut self, now: SystemTime, stable_after: Duration) -> usize {
+        self.profiles
+            .values_mut()
+            .filter_map(|profile| {
+                profile
+                    .freeze_baseline_if_stable(now, stable_after)
+                    .then_some(())
+            })
+            .count()
+    }
+
+    /// Sets the baseline of one profile (see [`Profile::set_baseline`]); false when unknown.
+    pub fn set_baseline<I, S>(
+        &mut self,
+        identity: &Identity,
+        syscalls: I,
+        since: SystemTime,
+    ) -> bool
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        match self.profiles.get_mut(identity) {
+            Some(profile) => {
+                profile.set_baseline(syscalls, since);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves a profile to another identity (merging), e.g. when metadata arrives.
+    pub fn rename(&mut self, from: &Identity, to: &Identity) {
+        if from == to {
+            return;
+        }
+        if let Some(mut profile) = self.profiles.remove(from) {
+            profile.identity = to.clone();
+            self.merge_profile(profile);
+        }
+    }
+
+    /// One profile.
+    pub fn get(&self, identity: &Identity) -> Option<&Profile> {
+        self.profiles.get(identity)
+    }
+
+    /// All profiles, ordered by identity.
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        self.profiles.values()
+    }
+
+    /// Number of profiles.
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Whether there is no profile.
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn identity_rule() {
+        let id = "ab".repeat(32);
+        let uid = "8a1f0c4e-1b2c-4d3e-9f00-123456789abc";
+        assert_eq!(
+            Identity::from_cgroup_path(&format!("/kubepods/besteffort/pod{uid}/{id}")),
+            Identity::new("", "Pod", uid, &id)
+        );
+        assert_eq!(
+            Identity::from_cgroup_path(&format!("system.slice/docker-{id}.scope")),
+            Identity::new("", "Container", &id, "")
+        );
+        assert_eq!(
+            Identity::from_cgroup_path("system.slice/cron.service"),
+            Identity::new("", "Cgroup", "system.slice/cron.service", "")
+        );
+        assert_eq!(
+            Identity::from_cgroup_path("/"),
+            Identity::new("", "Cgroup", "/", "")
+        );
+        assert_eq!(
+            Identity::from_cgroup_path(""),
+            Identity::new("", "Cgroup", "/", "")
+        );
+    }
+
+    #[test]
+    fn url_paths() {
+        let identity = Identity::new("", "Cgroup", "system.slice/cron.service", "");
+        assert_eq!(
+            identity.url_path(),
+            "_/Cgroup/system.slice%2Fcron.service/_"
+        );
+        assert_eq!(identity.to_string(), "_/Cgroup/system.slice/cron.service/_");
+        assert_eq!(
+            Identity::new("ns", "Deployment", "web", "nginx").url_path(),
+            "ns/Deployment/web/nginx"
+        );
+        assert_eq!(
+            Identity::new("", "Cgroup", "_", "").url_path(),
+            "_/Cgroup/%5F/_"
+        );
+    }
+
+    #[test]
+    fn counts_names_unknowns_and_times() {
+        let mut store = ProfileStore::new();
+        let identity = Identity::new("", "Cgroup", "x", "");
+        let mut deltas = vec![0u64; recorder_ebpf::SYSCALL_COLUMNS];
+        deltas[0] = 3; // read
+        deltas[83] = 1; // mkdir
+        deltas[400] = 2; // unassigned on x86_64
+        deltas[511] = 5; // out of range
+        assert!(store.add_counts(&identity, Arch::X86_64, &deltas, at(10)));
+        // Same syscalls again: nothing new.
+        assert!(!store.add_counts(&identity, Arch::X86_64, &deltas, at(20)));
+        // All zero: no profile touched.
+        assert!(!store.add_counts(&identity, Arch::X86_64, &[0; 4], at(30)));
+        let profile = store.get(&identity).expect("profile");
+        assert_eq!(profile.syscalls.get("read"), Some(&6));
+        assert_eq!(profile.syscalls.get("mkdir"), Some(&2));
+        assert_eq!(profile.syscalls.len(), 2);
+        assert_eq!(profile.unknown_syscalls, 14);
+        assert_eq!(profile.first_seen, at(10));
+        assert_eq!(profile.last_seen, at(20));
+        assert_eq!(profile.last_new_syscall, at(10));
+        assert_eq!(profile.total_calls(), 22);
+        assert!(profile.is_stable(at(70), Duration::from_secs(60)));
+        assert!(!profile.is_stable(at(69), Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn rename_merges_without_loss() {
+        let mut store = ProfileStore::new();
+        let a = Identity::new("", "Pod", "uid", "cid");
+        let b = Identity::new("ns", "Deployment", "web", "app");
+        let mut deltas = vec![0u64; 512];
+        deltas[0] = 1;
+        store.add_counts(&a, Arch::X86_64, &deltas, at(1));
+        deltas[1] = 4;
+        store.add_counts(&b, Arch::X86_64, &deltas, at(5));
+        store.rename(&a, &b);
+        assert_eq!(store.len(), 1);
+        let profile = store.get(&b).expect("merged");
+        assert_eq!(profile.syscalls.get("read"), Some(&2));
+        assert_eq!(profile.syscalls.get("write"), Some(&4));
+        assert_eq!(profile.first_seen, at(1));
+        assert_eq!(profile.last_seen, at(5));
+    }
+
+    #[test]
+    fn drift_is_counted_against_the_frozen_baseline() {
+        let mut store = ProfileStore::new();
+        let identity = Identity::new("", "Cgroup", "x", "");
+        let mut deltas = vec![0u64; 512];
+        deltas[0] = 3; // read
+        store.add_counts(&identity, Arch::X86_64, &deltas, at(0));
+        // Not stable yet: nothing frozen, a new syscall is growth, not drift.
+        assert_eq!(
+            store.freeze_stable_baselines(at(30), Duration::from_secs(60)),
+            0
+        );
+        deltas[1] = 1; // write
+        store.add_counts(&identity, Arch::X86_64, &deltas, at(40));
+        assert!(
+            store
+                .get(&identity)
+                .expect("p")
+                .unexpected_syscalls
+                .is_empty()
+        );
+        // Stable at 100: frozen with {read, write}; only once.
+        assert_eq!(
+            store.freeze_stable_baselines(at(100), Duration::from_secs(60)),
+            1
+        );
+        assert_eq!(
+            store.freeze_stable_baselines(at(500), Duration::from_secs(60)),
+            0
+        );
+        let mut drift = vec![0u64; 512];
+        drift[0] = 5; // read: allowed
+        drift[83] = 2; // mkdir: drift
+        store.add_counts(&identity, Arch::X86_64, &drift, at(110));
+        store.add_counts(&identity, Arch::X86_64, &drift, at(120));
+        let profile = store.get(&identity).expect("p");
+        assert_eq!(
+            profile.unexpected_syscalls,
+            BTreeMap::from([("mkdir".to_owned(), 4)])
+        );
+        assert_eq!(profile.syscalls.get("mkdir"), Some(&4));
+        let baseline = profile.baseline.as_ref().expect("baseline");
+        assert_eq!(baseline.since, at(100));
+        assert_eq!(
+            baseline
+                .syscalls
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["read", "write"]
+        );
+        // Persisted and read back.
+        let json = serde_json::to_value(profile).expect("json");
+        assert_eq!(json["unexpected_syscalls"]["mkdir"], 4);
+        let back: Profile = serde_json::from_value(json).expect("back");
+        assert_eq!(&back, profile);
+        // A delivered baseline that allows mkdir drops its drift; another name keeps counting.
+        assert!(store.set_baseline(&identity, ["read", "write", "mkdir"], at(130)));
+        assert!(!store.set_baseline(&Identity::unresolved(), ["read"], at(130)));
+        let mut more = vec![0u64; 512];
+        more[83] = 1;
+        more[63] = 1; // uname
+        store.add_counts(&identity, Arch::X86_64, &more, at(140));
+        assert_eq!(
+            store.get(&identity).expect("p").unexpected_syscalls,
+            BTreeMap::from([("uname".to_owned(), 1)])
+        );
+        // Merging another replica's drift keeps it, minus what the baseline allows.
+        let mut other = Profile::new(identity.clone(), at(0));
+        other.unexpected_syscalls.insert("uname".into(), 2);
+        other.unexpected_syscalls.insert("read".into(), 9);
+        store.merge_profile(other);
+        assert_eq!(
+            store.get(&identity).expect("p").unexpected_syscalls,
+            BTreeMap::from([("uname".to_owned(), 3)])
+        );
+    }
+
+    #[test]
+    fn json_shape() {
+        let mut profile = Profile::new(Identity::new("", "Cgroup", "x", ""), at(0));
+        profile.syscalls.insert("read".into(), 2);
+        let json = serde_json::to_value(&profile).expect("json");
+        assert_eq!(json["namespace"], "");
+        assert_eq!(json["workload_kind"], "Cgroup");
+        assert_eq!(json["syscalls"]["read"], 2);
+        assert_eq!(json["unknown_syscalls"], 0);
+        assert_eq!(json["first_seen"], "2023-11-14T22:13:20.000Z");
+        let back: Profile = serde_json::from_value(json).expect("parse back");
+        assert_eq!(back, profile);
+    }
+}
