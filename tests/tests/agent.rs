@@ -1,0 +1,236 @@
+//! `recorder-agent run`: real eBPF, test cgroups and runc containers with kubelet-style paths.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{
+    Agent, Container, TestCgroup, agent_bin, count, get_json, http, privileged, random_uid,
+    runc_lock,
+};
+
+#[test]
+fn counts_per_cgroup_without_cross_talk() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&[]).expect("agent");
+    let a = TestCgroup::new("crosstalk-a").expect("cgroup a");
+    let b = TestCgroup::new("crosstalk-b").expect("cgroup b");
+    let dir = tempfile::tempdir().expect("tempdir");
+    const N: u64 = 25;
+    for i in 0..N {
+        a.run(
+            "busybox",
+            &[
+                "mkdir",
+                &dir.path().join(format!("d{i}")).display().to_string(),
+            ],
+        )
+        .expect("mkdir");
+        b.run("busybox", &["uname"]).expect("uname");
+    }
+    let pa = agent
+        .wait_profile("profile of cgroup a", |p| {
+            p["workload"] == a.rel.as_str() && count(p, "mkdir") + count(p, "mkdirat") >= N
+        })
+        .expect("a");
+    let pb = agent
+        .wait_profile("profile of cgroup b", |p| {
+            p["workload"] == b.rel.as_str() && count(p, "uname") >= N
+        })
+        .expect("b");
+    assert_eq!(pa["workload_kind"], "Cgroup");
+    assert_eq!(pa["namespace"], "");
+    assert_eq!(pa["container"], "");
+    assert!(count(&pa, "execve") >= N, "{pa}");
+    assert_eq!(count(&pa, "uname"), 0, "uname leaked into a: {pa}");
+    assert_eq!(
+        count(&pb, "mkdir") + count(&pb, "mkdirat"),
+        0,
+        "mkdir leaked into b: {pb}"
+    );
+    for p in [&pa, &pb] {
+        for field in ["first_seen", "last_seen"] {
+            let text = p[field].as_str().expect("timestamp");
+            assert!(
+                text.len() >= 20 && text.ends_with('Z') && text.contains('T'),
+                "{field}: {text}"
+            );
+        }
+    }
+    // One profile per cgroup, fetched by its identity (the path has a `/`).
+    let (status, one) = get_json(
+        agent.addr,
+        &format!("/api/v1/profiles/_/Cgroup/{}/_", a.rel.replace('/', "%2F")),
+    )
+    .expect("GET one");
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["workload"], a.rel.as_str());
+}
+
+#[test]
+fn runc_container_with_kubelet_path_is_a_pod() {
+    if !privileged() {
+        return;
+    }
+    let _lock = runc_lock();
+    let agent = Agent::start(&[]).expect("agent");
+    let uid = random_uid();
+    let container_id = tests::random_hex64();
+    let path = format!("/kubepods/besteffort/pod{uid}/{container_id}");
+    let container = Container::create(&path, &["sh", "-c", "uname; mkdir /tmp/x; echo done"], None)
+        .expect("create");
+    assert!(container.cgroup_id() != 0, "cgroup exists after create");
+    container.start().expect("start");
+    container
+        .wait_stopped(Duration::from_secs(20))
+        .expect("stopped");
+    assert!(
+        container.stdout().contains("done"),
+        "{}",
+        container.stderr()
+    );
+    let profile = agent
+        .wait_profile("the container's Pod profile", |p| {
+            p["workload_kind"] == "Pod" && p["workload"] == uid.as_str() && count(p, "uname") >= 1
+        })
+        .expect("pod profile");
+    assert_eq!(profile["container"], container_id.as_str());
+    assert_eq!(profile["namespace"], "");
+    assert!(
+        count(&profile, "execve") >= 1
+            && count(&profile, "mkdir") + count(&profile, "mkdirat") >= 1,
+        "{profile}"
+    );
+    let (status, oci) = get_json(
+        agent.addr,
+        &format!("/api/v1/profiles/_/Pod/{uid}/{container_id}?format=oci"),
+    )
+    .expect("oci");
+    assert_eq!(status, 200, "{oci}");
+    let allowed: Vec<&str> = oci["syscalls"][0]["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        allowed.contains(&"uname") && allowed.contains(&"execve"),
+        "{allowed:?}"
+    );
+    drop(container);
+}
+
+#[test]
+fn the_agent_does_not_count_itself() {
+    if !privileged() {
+        return;
+    }
+    let own = TestCgroup::new("agent-self").expect("cgroup");
+    let agent = Agent::start_in(&[], Some(&own)).expect("agent");
+    // Keep the agent busy (HTTP, collections) and prove collections happen meanwhile.
+    let witness = TestCgroup::new("agent-self-witness").expect("cgroup");
+    for _ in 0..20 {
+        let _ = http(agent.addr, "GET", "/api/v1/profiles");
+    }
+    witness.run("busybox", &["uname"]).expect("uname");
+    agent
+        .wait_profile("the witness", |p| p["workload"] == witness.rel.as_str())
+        .expect("witness counted");
+    // A few more rounds after the agent's busy phase.
+    std::thread::sleep(Duration::from_millis(600));
+    let profiles = agent.profiles().expect("profiles");
+    assert!(
+        !profiles.iter().any(|p| p["workload"] == own.rel.as_str()),
+        "the agent's own cgroup has a profile: {}",
+        Value::Array(profiles.clone())
+    );
+}
+
+#[test]
+fn http_errors_are_json() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&[]).expect("agent");
+    let (status, body) = get_json(agent.addr, "/healthz").expect("healthz");
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    for (method, path, want) in [
+        ("GET", "/nope", 404),
+        ("GET", "/api/v1/profiles/a/b", 400),
+        ("GET", "/api/v1/profiles/_/Cgroup/%ff/_", 400),
+        ("GET", "/api/v1/profiles/_/Cgroup/does-not-exist/_", 404),
+        ("GET", "/api/v1/profiles/_/Cgroup/x/_?format=yaml", 400),
+        (
+            "GET",
+            "/api/v1/profiles/%2e%2e/%2e%2e/%2e%2e/etc%2fpasswd",
+            404,
+        ),
+        ("POST", "/api/v1/profiles", 405),
+        ("DELETE", "/healthz", 405),
+    ] {
+        let (status, body) = http(agent.addr, method, path).expect("request");
+        assert_eq!(status, want, "{method} {path}: {body}");
+        let json: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {body}"));
+        assert!(json["error"].is_string(), "{method} {path}: {body}");
+    }
+    let (status, _) = http(agent.addr, "GET", "/healthz").expect("still alive");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn sigterm_flushes_state_and_a_restart_restores_it() {
+    if !privileged() {
+        return;
+    }
+    let mut agent = Agent::start(&[]).expect("agent");
+    let cgroup = TestCgroup::new("state").expect("cgroup");
+    cgroup.run("busybox", &["uname"]).expect("uname");
+    let before = agent
+        .wait_profile("profile", |p| {
+            p["workload"] == cgroup.rel.as_str() && count(p, "uname") >= 1
+        })
+        .expect("profile");
+    agent.signal(libc::SIGTERM);
+    let status = agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits within 5 s");
+    assert!(status.success(), "{status}: {}", agent.log());
+    let state = std::fs::read_to_string(agent.state_dir.path().join("profiles.json"))
+        .expect("state written");
+    assert!(state.contains(&cgroup.rel), "{state}");
+
+    let restarted = Agent::start_with(&[], None, agent.into_state_dir()).expect("restart");
+    let after = restarted
+        .wait_profile("restored profile", |p| p["workload"] == cgroup.rel.as_str())
+        .expect("restored");
+    assert!(
+        count(&after, "uname") >= count(&before, "uname"),
+        "{before} vs {after}"
+    );
+}
+
+#[test]
+fn kubernetes_on_fails_with_a_clear_message() {
+    let output = Command::new(agent_bin())
+        .args(["run", "--kubernetes", "on", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Kubernetes") && stderr.lines().count() <= 2,
+        "{stderr}"
+    );
+    let usage = Command::new(agent_bin())
+        .args(["run", "--interval", "never"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(usage.status.code(), Some(2));
+}
