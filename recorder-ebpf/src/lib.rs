@@ -6,10 +6,12 @@
 //! Every syscall is counted in a per-CPU block of [`SYSCALL_COLUMNS`] counters that belongs to
 //! the task's cgroup (a "slot"). Finding the slot is the expensive part (the cgroup-id helper
 //! plus a hash lookup cost about 60 ns), so the program keeps a per-CPU [`CpuCache`] of the
-//! last task it saw and that task's slot. The task is identified by the `struct pt_regs *`
-//! that `sys_enter` receives: it sits at the top of the task's own kernel stack, so it is
-//! unique per live task and costs no helper call (every call/return pays for speculation
-//! mitigations). The cache is trusted only while the global [`GENERATION`](MAP_GENERATION) is
+//! tasks it saw last and their slots: [`CACHE_ENTRIES`] entries, direct-mapped by a hash of the
+//! task key, so tasks that take turns on a CPU (a pipeline, a request handed between threads,
+//! containers sharing a core) keep hitting instead of evicting each other. The task is
+//! identified by the `struct pt_regs *` that `sys_enter` receives: it sits at the top of the
+//! task's own kernel stack, so it is unique per live task and costs no helper call (every
+//! call/return pays for speculation mitigations). An entry is trusted only while the global [`GENERATION`](MAP_GENERATION) is
 //! unchanged; the kernel bumps it whenever a task changes cgroup (`cgroup_attach_task`) or exits
 //! (`sched_process_exit`, before its kernel stack — and so its `pt_regs` address — can be reused
 //! by a new task), and the agent bumps it when it recycles a slot or changes the configuration.
@@ -44,7 +46,7 @@ pub const MAP_FREE_SLOTS: &str = "FREE_SLOTS";
 pub const MAP_GENERATION: &str = "GENERATION";
 /// `ARRAY<Config>`, one entry.
 pub const MAP_CONFIG: &str = "CONFIG";
-/// `PERCPU_ARRAY<CpuCache>`, one entry.
+/// `PERCPU_ARRAY<CpuCache>`, one entry (per CPU: [`CACHE_ENTRIES`] cached tasks).
 pub const MAP_CACHE: &str = "CACHE";
 /// `PERCPU_ARRAY<u64>`, [`STAT_COUNT`] entries indexed by the `STAT_*` constants.
 pub const MAP_STATS: &str = "STATS";
@@ -64,7 +66,7 @@ pub const ALL_MAPS: [&str; 8] = [
 ];
 
 /// Bumped on any change of map layout or meaning: pinned maps of another ABI are not reused.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Maps whose `max_entries` the agent sets at load time from its capacity.
 pub const CAPACITY_MAPS: [&str; 3] = [MAP_COUNTS, MAP_CGROUP_SLOTS, MAP_FREE_SLOTS];
@@ -125,10 +127,13 @@ pub struct SlotCounts {
     pub calls: [u64; SYSCALL_COLUMNS],
 }
 
-/// The per-CPU cache of the last task seen on this CPU.
+/// Entries of each CPU's [`CpuCache`] (a power of two). 64 entries of 24 bytes: 1.5 KiB per CPU.
+pub const CACHE_ENTRIES: usize = 64;
+
+/// One cached task: its key, the generation it was filled in, its slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CpuCache {
+pub struct CacheEntry {
     /// The cached task's `struct pt_regs *` (top of its kernel stack).
     pub task: u64,
     /// Value of the generation when the entry was filled.
@@ -137,6 +142,23 @@ pub struct CpuCache {
     pub slot: u32,
     /// Explicit padding: the struct is 24 bytes on every target.
     pub _pad: u32,
+}
+
+/// The per-CPU cache of the tasks seen last on this CPU, direct-mapped by [`cache_index`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuCache {
+    /// The entries; a task may only live in `entries[cache_index(task)]`.
+    pub entries: [CacheEntry; CACHE_ENTRIES],
+}
+
+/// The entry of [`CpuCache`] that may hold `task`: a multiplicative (Fibonacci) hash, because the
+/// low bits of a kernel stack address are the same for every task and the stacks of tasks
+/// created together are often evenly spaced.
+#[inline(always)]
+#[must_use]
+pub const fn cache_index(task: u64) -> usize {
+    (task.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_ENTRIES.trailing_zeros())) as usize
 }
 
 /// Agent-controlled settings.
@@ -150,7 +172,9 @@ pub struct Config {
 }
 
 const _: () = assert!(core::mem::size_of::<SlotCounts>() == 8 * SYSCALL_COLUMNS);
-const _: () = assert!(core::mem::size_of::<CpuCache>() == 24);
+const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<CpuCache>() == 24 * CACHE_ENTRIES);
+const _: () = assert!(CACHE_ENTRIES.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 512);
 const _: () = assert!(SYSCALL_COLUMNS.is_power_of_two());

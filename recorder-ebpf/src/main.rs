@@ -25,9 +25,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use recorder_ebpf::{
-    CGROUP_EVENTS_BYTES, CgroupEvent, Config, CpuCache, OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT,
+    CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache, OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT,
     SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
-    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
+    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts, cache_index,
 };
 
 // The sizes of the capacity maps are placeholders: the agent sets them at load time.
@@ -98,13 +98,17 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     let task: u64 = ctx.arg(0);
     let generation = generation();
     let cache = CACHE.get_ptr_mut(0).ok_or(Stat(STAT_MAP_ERROR))?;
-    // SAFETY: per-CPU map value; this program owns this CPU's copy while it runs.
+    // The mask is a no-op for the index but proves the bound to the verifier.
+    let index = cache_index(task) & (CACHE_ENTRIES - 1);
+    // SAFETY: per-CPU map value; this program owns this CPU's copy while it runs, and the index
+    // is in bounds.
     let slot = unsafe {
-        if (*cache).task == task && (*cache).generation == generation {
-            (*cache).slot
+        let entry: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[index]);
+        if (*entry).task == task && (*entry).generation == generation {
+            (*entry).slot
         } else {
             let slot = find_slot()?;
-            *cache = CpuCache {
+            *entry = CacheEntry {
                 task,
                 generation,
                 slot,
