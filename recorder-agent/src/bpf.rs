@@ -4,7 +4,7 @@
 
 use std::{
     fs, io,
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
 
@@ -194,6 +194,9 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> BpfError {
     }
 }
 
+/// `enum bpf_cmd` (linux/bpf.h).
+const BPF_MAP_LOOKUP_ELEM: i32 = 1;
+
 /// Linux capability numbers (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -314,6 +317,8 @@ pub struct Recorder {
     stats: PerCpuArray<MapData, u64>,
     capacity: u32,
     cpus: usize,
+    /// Reused by [`Recorder::read_slot_into`]: one value per possible CPU.
+    read_buffer: std::sync::Mutex<Vec<u64>>,
     continuity: Continuity,
     _pin_lock: Option<PinLock>,
     /// Kernel ids of the attached programs: the loaded ones, or those a previous agent left
@@ -488,6 +493,7 @@ impl Recorder {
             stats,
             capacity,
             cpus,
+            read_buffer: std::sync::Mutex::new(Vec::new()),
             continuity: Continuity {
                 reused_maps,
                 reused_programs: reused_maps && reused_programs,
@@ -523,14 +529,68 @@ impl Recorder {
 
     /// The counters of `slot`, summed over CPUs.
     pub fn read_slot(&self, slot: u32) -> Result<Totals, BpfError> {
-        let values = self.counts.get(&slot, 0).map_err(map_err(MAP_COUNTS))?;
         let mut totals: Totals = Box::new([0; SYSCALL_COLUMNS]);
-        for cpu in values.iter() {
-            for (total, count) in totals.iter_mut().zip(cpu.calls.iter()) {
+        self.read_slot_into(slot, &mut totals)?;
+        Ok(totals)
+    }
+
+    /// Like [`read_slot`](Self::read_slot), into `totals`. This is the collection's inner loop:
+    /// one `BPF_MAP_LOOKUP_ELEM` into a buffer kept across calls, where aya's per-CPU `get`
+    /// allocates a buffer and a boxed copy of every CPU's 4 KiB block per call.
+    pub fn read_slot_into(
+        &self,
+        slot: u32,
+        totals: &mut [u64; SYSCALL_COLUMNS],
+    ) -> Result<(), BpfError> {
+        use aya::maps::IterableMap as _;
+
+        let mut buffer = self
+            .read_buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // `SlotCounts` is a multiple of 8 bytes, so the kernel's per-CPU stride is its size.
+        buffer.resize(self.cpus * SYSCALL_COLUMNS, 0);
+        #[repr(C)]
+        struct LookupAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let attr = LookupAttr {
+            map_fd: self.counts.map().fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(&slot) as u64,
+            value: buffer.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: BPF_MAP_LOOKUP_ELEM reads a u32 key and writes `cpus` values of the map's
+        // value size (`SYSCALL_COLUMNS` u64s each) into `buffer`, which holds exactly that; the
+        // attribute is a prefix of `union bpf_attr` with its size passed along.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                libc::c_long::from(BPF_MAP_LOOKUP_ELEM),
+                std::ptr::from_ref(&attr),
+                std::mem::size_of::<LookupAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(map_err(MAP_COUNTS)(MapError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "bpf_map_lookup_elem",
+                    io_error: io::Error::last_os_error(),
+                },
+            )));
+        }
+        totals.fill(0);
+        for cpu in buffer.chunks_exact(SYSCALL_COLUMNS) {
+            for (total, count) in totals.iter_mut().zip(cpu) {
                 *total = total.wrapping_add(*count);
             }
         }
-        Ok(totals)
+        Ok(())
     }
 
     /// The calls that found no slot (capacity exhausted), per syscall number.

@@ -30,10 +30,15 @@ pub struct RoundStats {
     pub lost_calls: u64,
 }
 
+/// Non-zero counters by ascending syscall number. A slot's state is kept sparse: a cgroup
+/// uses a few dozen of the 512 columns, and a round touches every active slot's state, so a
+/// dense 4 KiB copy per slot would be most of a round's memory traffic.
+type Sparse = Vec<(u16, u64)>;
+
 #[derive(Debug)]
 struct SlotState {
     cgroup: u64,
-    totals: Totals,
+    totals: Sparse,
     identity: Option<Identity>,
     /// Consecutive rounds without a call.
     idle_rounds: u32,
@@ -69,7 +74,7 @@ pub struct SavedSlot {
     pub totals: BTreeMap<u16, u64>,
 }
 
-fn sparse(totals: &Totals) -> BTreeMap<u16, u64> {
+fn sparse_map(totals: &Totals) -> BTreeMap<u16, u64> {
     totals
         .iter()
         .enumerate()
@@ -103,21 +108,40 @@ pub struct Collector {
     /// The slot table as last read, with the kernel's allocation count at that time: iterating
     /// the hash map costs two syscalls per cgroup, so it is re-read only when that count moved.
     slot_table: Option<(u64, Vec<(u64, u32)>)>,
+    /// Where a slot's counters are read and summed; reused so it stays in cache.
+    read_buffer: Totals,
 }
 
-/// `now - before` per column into `out`; returns whether any column moved.
-fn deltas_into(now: &Totals, before: Option<&Totals>, out: &mut [u64; SYSCALL_COLUMNS]) -> bool {
-    let mut any = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        let previous = before.map_or(0, |b| b[i]);
-        *slot = if now[i] >= previous {
-            now[i] - previous
+/// `now - before` for the non-zero columns of `now`, as sparse deltas (non-zero only) and the
+/// sparse form of `now`; a counter that went backwards was reset and counts from zero.
+fn sparse_deltas(
+    now: &[u64; SYSCALL_COLUMNS],
+    before: &[(u16, u64)],
+    delta: &mut Sparse,
+    totals: &mut Sparse,
+) {
+    delta.clear();
+    totals.clear();
+    let mut previous = before.iter().peekable();
+    for (nr, &count) in now.iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let nr = nr as u16;
+        while previous.next_if(|(column, _)| *column < nr).is_some() {}
+        let before = previous
+            .next_if(|(column, _)| *column == nr)
+            .map_or(0, |(_, count)| *count);
+        let moved = if count >= before {
+            count - before
         } else {
-            now[i]
+            count
         };
-        any |= *slot;
+        if moved != 0 {
+            delta.push((nr, moved));
+        }
+        totals.push((nr, count));
     }
-    any != 0
 }
 
 /// `now - before` per column; a counter that went backwards was reset and counts from zero.
@@ -146,6 +170,7 @@ impl Collector {
             lost_total: 0,
             pending_release: Vec::new(),
             slot_table: None,
+            read_buffer: Box::new([0; SYSCALL_COLUMNS]),
         }
     }
 
@@ -171,14 +196,14 @@ impl Collector {
                 slot,
                 cgroup: state.cgroup,
                 identity: state.identity.clone(),
-                totals: sparse(&state.totals),
+                totals: state.totals.iter().copied().collect(),
             })
             .collect();
         slots.sort_by_key(|saved| saved.slot);
         KernelSnapshot {
             counts_map_id: self.recorder.continuity().counts_map_id,
             slots,
-            overflow: sparse(&self.overflow_last),
+            overflow: sparse_map(&self.overflow_last),
         }
     }
 
@@ -194,7 +219,12 @@ impl Collector {
                 saved.slot,
                 SlotState {
                     cgroup: saved.cgroup,
-                    totals: dense(&saved.totals),
+                    totals: saved
+                        .totals
+                        .iter()
+                        .filter(|(nr, count)| usize::from(**nr) < SYSCALL_COLUMNS && **count != 0)
+                        .map(|(&nr, &count)| (nr, count))
+                        .collect(),
                     identity: saved.identity.clone(),
                     idle_rounds: 0,
                 },
@@ -222,9 +252,10 @@ impl Collector {
         for (cgroup, slot) in &pending {
             let last = self.recorder.release(*cgroup, *slot)?;
             if let Some(state) = self.last.remove(slot) {
-                let delta = deltas(&last, Some(&state.totals));
+                let (mut delta, mut totals) = (Vec::new(), Vec::new());
+                sparse_deltas(&last, &state.totals, &mut delta, &mut totals);
                 if let Some(identity) = state.identity
-                    && delta.iter().any(|&d| d != 0)
+                    && !delta.is_empty()
                 {
                     updates.push((identity, delta));
                 }
@@ -235,7 +266,7 @@ impl Collector {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (identity, delta) in updates {
-            store.add_counts(&identity, self.arch, &delta[..], now);
+            store.add_sparse(&identity, self.arch, &delta, now);
         }
         Ok(pending.len())
     }
@@ -268,8 +299,8 @@ impl Collector {
             cgroups: slots.len(),
             ..RoundStats::default()
         };
-        let mut updates: Vec<(Identity, Totals)> = Vec::new();
-        let mut scratch: Totals = Box::new([0; SYSCALL_COLUMNS]);
+        // Deltas by slot; the identity is looked up in `last` when folding, not cloned.
+        let mut updates: Vec<(u32, Sparse)> = Vec::new();
         for (cgroup, slot) in slots {
             if self
                 .pending_release
@@ -278,9 +309,18 @@ impl Collector {
             {
                 continue;
             }
-            let totals = self.recorder.read_slot(slot)?;
+            self.recorder.read_slot_into(slot, &mut self.read_buffer)?;
             let previous = self.last.get(&slot).filter(|state| state.cgroup == cgroup);
-            let idle = !deltas_into(&totals, previous.map(|state| &state.totals), &mut scratch);
+            let mut delta = Vec::new();
+            let mut totals =
+                Vec::with_capacity(previous.map_or(64, |state| state.totals.len() + 8));
+            sparse_deltas(
+                &self.read_buffer,
+                previous.map_or(&[][..], |state| &state.totals[..]),
+                &mut delta,
+                &mut totals,
+            );
+            let idle = delta.is_empty();
             let idle_rounds = match previous {
                 Some(state) if idle => state.idle_rounds.saturating_add(1),
                 _ => 0,
@@ -293,20 +333,19 @@ impl Collector {
             // Active slots are identified every round (Kubernetes metadata may just have
             // arrived); idle ones on the removal schedule.
             let recheck = !idle || recheck_removal;
-            let known = previous.and_then(|state| state.identity.clone());
-            let identity = if !recheck && let Some(known) = known {
-                known
-            } else {
-                let path = self.resolver.resolve(cgroup).map(str::to_owned);
-                if path.is_none() {
-                    stats.unresolved += 1;
-                }
-                // A cgroup whose directory is gone keeps the identity it had (e.g. after a
-                // restart, from the saved state) instead of becoming "unresolved".
-                match (&path, previous.and_then(|state| state.identity.clone())) {
-                    (None, Some(known)) => known,
-                    _ => identify(cgroup, path.as_deref()),
-                }
+            let known = previous.and_then(|state| state.identity.as_ref());
+            let identity = match known {
+                Some(known) if !recheck => known.clone(),
+                _ => match self.resolver.resolve(cgroup) {
+                    Some(path) => identify(cgroup, Some(path)),
+                    None => {
+                        stats.unresolved += 1;
+                        // A cgroup whose directory is gone keeps the identity it had (e.g.
+                        // after a restart, from the saved state) instead of becoming
+                        // "unresolved".
+                        known.cloned().unwrap_or_else(|| identify(cgroup, None))
+                    }
+                },
             };
             // A removed cgroup has no tasks left: this read is final (release_pending folds
             // anything that still raced in).
@@ -315,7 +354,7 @@ impl Collector {
                 stats.released += 1;
             }
             if !idle {
-                updates.push((identity.clone(), scratch.clone()));
+                updates.push((slot, delta));
             }
             self.last.insert(
                 slot,
@@ -335,8 +374,14 @@ impl Collector {
         let mut store = store
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (identity, delta) in updates {
-            store.add_counts(&identity, self.arch, &delta[..], now);
+        for (slot, delta) in updates {
+            if let Some(identity) = self
+                .last
+                .get(&slot)
+                .and_then(|state| state.identity.as_ref())
+            {
+                store.add_sparse(identity, self.arch, &delta, now);
+            }
         }
         Ok(stats)
     }
@@ -345,6 +390,42 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_deltas_match_dense_ones() {
+        let mut before: Totals = Box::new([0; SYSCALL_COLUMNS]);
+        before[0] = 5;
+        before[3] = 9;
+        before[7] = 4;
+        before[511] = 1;
+        let mut now = before.clone();
+        now[0] = 5; // idle column
+        now[3] = 2; // reset: counts from zero
+        now[7] = 10;
+        now[100] = 6; // new column
+        now[511] = 0; // reset to zero
+        let before_sparse: Sparse = before
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != 0)
+            .map(|(nr, c)| (nr as u16, *c))
+            .collect();
+        let (mut delta, mut totals) = (Vec::new(), Vec::new());
+        sparse_deltas(&now, &before_sparse, &mut delta, &mut totals);
+        assert_eq!(delta, vec![(3, 2), (7, 6), (100, 6)]);
+        assert_eq!(totals, vec![(0, 5), (3, 2), (7, 10), (100, 6)]);
+        let dense = deltas(&now, Some(&before));
+        let from_dense: Sparse = dense
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != 0)
+            .map(|(nr, c)| (nr as u16, *c))
+            .collect();
+        assert_eq!(delta, from_dense);
+        // First read: everything is new.
+        sparse_deltas(&now, &[], &mut delta, &mut totals);
+        assert_eq!(delta, totals);
+    }
 
     #[test]
     fn deltas_handle_first_read_and_reset() {

@@ -227,9 +227,27 @@ impl Profile {
 
     /// Adds per-number counter deltas (`deltas[nr]`); returns whether a new syscall appeared.
     pub fn add_counts(&mut self, arch: Arch, deltas: &[u64], now: SystemTime) -> bool {
+        self.add_numbered(arch, deltas.iter().copied().enumerate(), now)
+    }
+
+    /// Adds sparse counter deltas, `(nr, delta)` pairs; returns whether a new syscall appeared.
+    pub fn add_sparse(&mut self, arch: Arch, deltas: &[(u16, u64)], now: SystemTime) -> bool {
+        self.add_numbered(
+            arch,
+            deltas.iter().map(|&(nr, delta)| (usize::from(nr), delta)),
+            now,
+        )
+    }
+
+    fn add_numbered(
+        &mut self,
+        arch: Arch,
+        deltas: impl Iterator<Item = (usize, u64)>,
+        now: SystemTime,
+    ) -> bool {
         let mut any = false;
         let mut grew = false;
-        for (nr, &delta) in deltas.iter().enumerate() {
+        for (nr, delta) in deltas {
             if delta == 0 {
                 continue;
             }
@@ -346,6 +364,27 @@ impl ProfileStore {
             .entry(identity.clone())
             .or_insert_with(|| Profile::new(identity.clone(), now));
         profile.add_counts(arch, deltas, now)
+    }
+
+    /// Like [`add_counts`](Self::add_counts) with sparse `(nr, delta)` pairs.
+    pub fn add_sparse(
+        &mut self,
+        identity: &Identity,
+        arch: Arch,
+        deltas: &[(u16, u64)],
+        now: SystemTime,
+    ) -> bool {
+        if deltas.iter().all(|&(_, delta)| delta == 0) {
+            return false;
+        }
+        if let Some(profile) = self.profiles.get_mut(identity) {
+            return profile.add_sparse(arch, deltas, now);
+        }
+        let profile = self
+            .profiles
+            .entry(identity.clone())
+            .or_insert_with(|| Profile::new(identity.clone(), now));
+        profile.add_sparse(arch, deltas, now)
     }
 
     /// Inserts a profile, merging with an existing one of the same identity.

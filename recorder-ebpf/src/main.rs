@@ -25,9 +25,10 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use recorder_ebpf::{
-    CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache, OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT,
-    SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
-    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts, cache_index,
+    CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache,
+    OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT, SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR,
+    STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
+    cache_index,
 };
 
 // The sizes of the capacity maps are placeholders: the agent sets them at load time.
