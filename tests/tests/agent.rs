@@ -71,6 +71,90 @@ fn counts_per_cgroup_without_cross_talk() {
     assert_eq!(one["workload"], a.rel.as_str());
 }
 
+/// Short-lived processes of two cgroups taking turns on one CPU: each new task may get the
+/// kernel stack (and so the cache key) of the one that just exited in the other cgroup, and
+/// several live tasks share the CPU's cache. Every call must still land in its own cgroup.
+#[test]
+fn tasks_taking_turns_on_one_cpu_are_counted_exactly() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&[]).expect("agent");
+    let a = TestCgroup::new("turns-a").expect("cgroup a");
+    let b = TestCgroup::new("turns-b").expect("cgroup b");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `busybox uname` makes exactly one uname call and no mkdir; `busybox mkdir` the reverse.
+    const N: u64 = 60;
+    for i in 0..N {
+        a.run("taskset", &["-c", "0", "busybox", "uname"])
+            .expect("uname");
+        let path = dir.path().join(format!("d{i}")).display().to_string();
+        b.run("taskset", &["-c", "0", "busybox", "mkdir", &path])
+            .expect("mkdir");
+    }
+    let pa = agent
+        .wait_profile("uname calls of cgroup a", |p| {
+            p["workload"] == a.rel.as_str() && count(p, "uname") >= N
+        })
+        .expect("a");
+    let pb = agent
+        .wait_profile("mkdir calls of cgroup b", |p| {
+            p["workload"] == b.rel.as_str() && count(p, "mkdir") + count(p, "mkdirat") >= N
+        })
+        .expect("b");
+    assert_eq!(count(&pa, "uname"), N, "{pa}");
+    assert_eq!(count(&pa, "mkdir") + count(&pa, "mkdirat"), 0, "{pa}");
+    assert_eq!(count(&pb, "mkdir") + count(&pb, "mkdirat"), N, "{pb}");
+    assert_eq!(count(&pb, "uname"), 0, "{pb}");
+}
+
+/// Two shells in two cgroups fork children concurrently on one CPU. A child is created in its
+/// parent's cgroup (no migration, so only task exit invalidates the cache) and often gets the
+/// kernel stack of a child of the other shell that just exited.
+#[test]
+fn forked_children_of_two_cgroups_on_one_cpu_are_counted_exactly() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&[]).expect("agent");
+    let a = TestCgroup::new("forks-a").expect("cgroup a");
+    let b = TestCgroup::new("forks-b").expect("cgroup b");
+    let dir = tempfile::tempdir().expect("tempdir");
+    const N: u64 = 150;
+    let dir_arg = dir.path().display().to_string();
+    // busybox sh calls uname once at start; each child one uname or one mkdir.
+    let script_a =
+        format!("i=0; while [ $i -lt {N} ]; do /bin/busybox uname >/dev/null; i=$((i+1)); done");
+    let script_b =
+        format!("i=0; while [ $i -lt {N} ]; do /bin/busybox mkdir \"$1/d$i\"; i=$((i+1)); done");
+    std::thread::scope(|scope| {
+        let run_a =
+            scope.spawn(|| a.run("taskset", &["-c", "0", "busybox", "sh", "-c", &script_a]));
+        let run_b = scope.spawn(|| {
+            b.run(
+                "taskset",
+                &["-c", "0", "busybox", "sh", "-c", &script_b, "sh", &dir_arg],
+            )
+        });
+        run_a.join().expect("thread a").expect("loop a");
+        run_b.join().expect("thread b").expect("loop b");
+    });
+    let pa = agent
+        .wait_profile("uname calls of cgroup a", |p| {
+            p["workload"] == a.rel.as_str() && count(p, "uname") > N
+        })
+        .expect("a");
+    let pb = agent
+        .wait_profile("mkdir calls of cgroup b", |p| {
+            p["workload"] == b.rel.as_str() && count(p, "mkdir") + count(p, "mkdirat") >= N
+        })
+        .expect("b");
+    assert_eq!(count(&pa, "uname"), N + 1, "{pa}");
+    assert_eq!(count(&pa, "mkdir") + count(&pa, "mkdirat"), 0, "{pa}");
+    assert_eq!(count(&pb, "mkdir") + count(&pb, "mkdirat"), N, "{pb}");
+    assert_eq!(count(&pb, "uname"), 1, "{pb}");
+}
+
 #[test]
 fn runc_container_with_kubelet_path_is_a_pod() {
     if !privileged() {
