@@ -115,9 +115,12 @@ impl Variant {
     }
 }
 
-/// A program attached for one measurement; detached on drop.
+/// A program attached for one measurement; detached on drop or by [`Attached::finish`].
 struct Attached {
+    variant: Variant,
     child: Child,
+    /// Drains the program's output; yields its last line (the probe's kernel statistics).
+    output: Option<thread::JoinHandle<Option<String>>>,
 }
 
 impl Attached {
@@ -157,17 +160,27 @@ impl Attached {
             bail!("{} did not attach: {ready:?}", variant.name());
         }
         // Keep draining (bpftrace prints its map at exit) so it never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Ok(Self { child })
+        let output = thread::spawn(move || lines.map_while(Result::ok).last());
+        Ok(Self {
+            variant,
+            child,
+            output: Some(output),
+        })
     }
-}
 
-impl Drop for Attached {
-    fn drop(&mut self) {
-        // The probe exits when its stdin closes; bpftrace on SIGINT.
+    /// Detaches and returns the last line the program printed.
+    fn finish(mut self) -> Option<String> {
+        self.stop();
+        self.output.take()?.join().ok().flatten()
+    }
+
+    fn stop(&mut self) {
+        // The probe exits when its stdin closes (printing its statistics); bpftrace on SIGINT.
         drop(self.child.stdin.take());
-        // SAFETY: plain syscall on our child's pid.
-        unsafe { libc_kill(self.child.id() as i32, 2) };
+        if self.variant == Variant::Bpftrace {
+            // SAFETY: plain syscall on our child's pid.
+            unsafe { libc_kill(self.child.id() as i32, 2) };
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -178,6 +191,24 @@ impl Drop for Attached {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if self.output.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Syscalls one run of the loop makes, about: chunks × calls per chunk.
+fn loop_calls(args: &[String]) -> f64 {
+    let number = |i: usize| {
+        args.get(i)
+            .and_then(|a| a.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    number(1) * number(2)
 }
 
 unsafe extern "C" {
@@ -332,12 +363,20 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
     for (case, args) in &cases {
         let mut added: BTreeMap<Variant, Vec<f64>> = BTreeMap::new();
         let mut baselines = Vec::new();
+        let mut misses = Vec::new();
         for round in 0..ROUNDS {
             for variant in order(round, &variants) {
                 let baseline = run_loop(&binary, args)?;
                 let attached = Attached::start(variant, agent)?;
                 let with = run_loop(&binary, args)?;
-                drop(attached);
+                let last_line = attached.finish();
+                if variant == Variant::Recorder
+                    && let Some(line) = last_line
+                    && let Ok(stats) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(count) = stats["cache_misses"].as_f64()
+                {
+                    misses.push(count * 1000.0 / loop_calls(args).max(1.0));
+                }
                 baselines.push(baseline);
                 added.entry(variant).or_default().push(with - baseline);
             }
@@ -347,22 +386,31 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
         let floor = median(added.get(&Variant::Empty).cloned().unwrap_or_default());
         for variant in &variants {
             let add = median(added.get(variant).cloned().unwrap_or_default());
+            let misses = if *variant == Variant::Recorder && !misses.is_empty() {
+                format!("{:.2}", median(misses.clone()))
+            } else {
+                "".to_owned()
+            };
             rows.push(format!(
-                "| {case} | {} | {add:+.1} | {:.2}x | {:+.1} |",
+                "| {case} | {} | {add:+.1} | {:.2}x | {:+.1} | {misses} |",
                 variant.name(),
                 (baseline + add) / baseline,
                 add - floor
             ));
         }
         rows.push(format!(
-            "| {case} | (baseline: {baseline:.1} ns/syscall) | | | |"
+            "| {case} | (baseline: {baseline:.1} ns/syscall) | | | | |"
         ));
     }
     drop(ring);
     eprintln!();
     println!("\n### Kernel cost per syscall ({ROUNDS} interleaved rounds, medians)\n");
-    println!("| case | program | ns/syscall added | vs baseline | vs floor |");
-    println!("|---|---|---|---|---|");
+    // Cache misses come from the kernel's own counter: unlike nanoseconds on a shared VM,
+    // they do not drift between runs, and a miss is what makes a syscall expensive.
+    println!(
+        "| case | program | ns/syscall added | vs baseline | vs floor | cache misses per 1,000 syscalls |"
+    );
+    println!("|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }
