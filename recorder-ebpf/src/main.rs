@@ -28,7 +28,7 @@ use recorder_ebpf::{
     CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache,
     OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT, SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR,
     STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
-    cache_index,
+    cache_index, cache_index_alt,
 };
 
 // The sizes of the capacity maps are placeholders: the agent sets them at load time.
@@ -99,17 +99,28 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     let task: u64 = ctx.arg(0);
     let generation = generation();
     let cache = CACHE.get_ptr_mut(0).ok_or(Stat(STAT_MAP_ERROR))?;
-    // The mask is a no-op for the index but proves the bound to the verifier.
-    let index = cache_index(task) & (CACHE_ENTRIES - 1);
-    // SAFETY: per-CPU map value; this program owns this CPU's copy while it runs, and the index
-    // is in bounds.
+    // The masks are no-ops for the indexes but prove the bounds to the verifier.
+    let first = cache_index(task) & (CACHE_ENTRIES - 1);
+    let second = cache_index_alt(task) & (CACHE_ENTRIES - 1);
+    // SAFETY: per-CPU map value; this program owns this CPU's copy while it runs, and both
+    // indexes are in bounds.
     let slot = unsafe {
-        let entry: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[index]);
-        if (*entry).task == task && (*entry).generation == generation {
-            (*entry).slot
+        let a: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[first]);
+        let b: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[second]);
+        if (*a).task == task && (*a).generation == generation {
+            (*a).slot
+        } else if (*b).task == task && (*b).generation == generation {
+            (*b).slot
         } else {
             let slot = find_slot()?;
-            *entry = CacheEntry {
+            // Take the first place unless another live task holds it and the second is
+            // free (stale): a pair colliding in one place then settles into both.
+            let victim = if (*a).generation == generation && (*b).generation != generation {
+                b
+            } else {
+                a
+            };
+            *victim = CacheEntry {
                 task,
                 generation,
                 slot,
