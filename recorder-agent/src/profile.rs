@@ -2,7 +2,7 @@
 //! counter deltas into profiles (counts per syscall, unknown numbers, first/last seen).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     time::{Duration, SystemTime},
 };
@@ -332,9 +332,13 @@ impl Profile {
 }
 
 /// All profiles the agent knows, by identity.
+///
+/// A hash map: every collection round looks up each active cgroup's profile, and in an ordered
+/// map that is a dozen comparisons of identities sharing long prefixes (cgroup paths, pod
+/// names), each a cache miss. Listings sort instead (rare, and off the collection path).
 #[derive(Clone, Debug, Default)]
 pub struct ProfileStore {
-    profiles: BTreeMap<Identity, Profile>,
+    profiles: HashMap<Identity, Profile>,
 }
 
 impl ProfileStore {
@@ -448,7 +452,9 @@ impl ProfileStore {
 
     /// All profiles, ordered by identity.
     pub fn iter(&self) -> impl Iterator<Item = &Profile> {
-        self.profiles.values()
+        let mut profiles: Vec<&Profile> = self.profiles.values().collect();
+        profiles.sort_unstable_by(|a, b| a.identity.cmp(&b.identity));
+        profiles.into_iter()
     }
 
     /// Number of profiles.
