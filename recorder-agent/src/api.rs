@@ -253,42 +253,10 @@ fn parse_format(query: Option<&str>) -> Result<ProfileFormat, ApiError> {
 /// paths), encoded as `%2F` or not: the first two and the last segment are fixed, the rest is
 /// the workload.
 pub fn parse_identity_path(raw: &str) -> Result<Identity, String> {
-    let segments: Vec<&str> = raw.split('/').collect();
-    if segments.len() < 4 {
-        return Err(format!(
-            "expected {PROFILES_PATH}/{{namespace}}/{{kind}}/{{workload}}/{{container}} (use _ for an empty part), got {} segment(s)",
-            segments.len()
-        ));
-    }
-    let decode = |segment: &str| -> Result<String, String> {
-        if segment.is_empty() {
-            return Err("empty path segment (use _ for an empty part)".to_owned());
-        }
-        // `_` (as sent, not `%5F`) is an empty part; `%5F` is a literal underscore.
-        if segment == "_" {
-            return Ok(String::new());
-        }
-        let text = percent_decode_str(segment)
-            .decode_utf8()
-            .map_err(|_| format!("segment {segment:?} is not valid UTF-8"))?;
-        if text.contains('\0') {
-            return Err("NUL in path".to_owned());
-        }
-        Ok(text.into_owned())
-    };
-    let namespace = decode(segments[0])?;
-    let kind = decode(segments[1])?;
-    let container = decode(segments[segments.len() - 1])?;
-    let workload = segments[2..segments.len() - 1]
-        .iter()
-        .map(|segment| decode(segment))
-        .collect::<Result<Vec<_>, _>>()?
-        .join("/");
-    Ok(Identity {
-        namespace,
-        workload_kind: kind,
-        workload,
-        container,
+    Identity::from_url_path(raw).map_err(|why| {
+        format!(
+            "{why}; expected {PROFILES_PATH}/{{namespace}}/{{kind}}/{{workload}}/{{container}} (use _ for an empty part)"
+        )
     })
 }
 

@@ -21,9 +21,9 @@ use aya::{
 use recorder_ebpf::{
     ABI_VERSION, ALL_MAPS, CAPACITY_MAPS, CGROUP_PATH_MAX, CgroupEvent, Config, FIRST_CGROUP_SLOT,
     MAP_CGROUP_EVENTS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION,
-    MAP_STATS, OVERFLOW_SLOT, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER,
-    PROG_SYS_ENTER_EMPTY, PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR,
-    STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
+    MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER, PROG_SYS_ENTER_EMPTY,
+    PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
+    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
 };
 
 /// The kernel program, built by build.rs (empty when built with `RECORDER_SKIP_EBPF=1`).
@@ -591,11 +591,6 @@ impl Recorder {
             }
         }
         Ok(())
-    }
-
-    /// The calls that found no slot (capacity exhausted), per syscall number.
-    pub fn read_overflow(&self) -> Result<Totals, BpfError> {
-        self.read_slot(OVERFLOW_SLOT)
     }
 
     /// Registers `cgroup` from user space (before it runs anything), so it has a slot even if

@@ -25,41 +25,10 @@ const EXIT_USAGE: u8 = 2;
 /// Percent-escapes are decoded, so `%2F` names the root cgroup `/` (`_/Cgroup/%2F/_`) and
 /// `%5F` a literal `_`.
 pub fn parse_selector(selector: &str) -> Result<Identity, String> {
-    let malformed = |why: &str| {
+    Identity::from_url_path(selector).map_err(|why| {
         format!(
             "malformed selector {selector:?}: {why}; expected NAMESPACE/KIND/WORKLOAD/CONTAINER (use _ for an empty part)"
         )
-    };
-    let segments: Vec<&str> = selector.split('/').collect();
-    if segments.len() < 4 {
-        return Err(malformed("fewer than four parts"));
-    }
-    if segments.iter().any(|segment| segment.is_empty()) {
-        return Err(malformed("empty part"));
-    }
-    let part = |segment: &str| -> Result<String, String> {
-        if segment == "_" {
-            return Ok(String::new());
-        }
-        let text = percent_encoding::percent_decode_str(segment)
-            .decode_utf8()
-            .map_err(|_| malformed("a %-escape that is not UTF-8"))?;
-        if text.contains('\0') {
-            return Err(malformed("NUL"));
-        }
-        Ok(text.into_owned())
-    };
-    let last = segments.len() - 1;
-    let workload = segments[2..last]
-        .iter()
-        .map(|segment| part(segment))
-        .collect::<Result<Vec<_>, _>>()?
-        .join("/");
-    Ok(Identity {
-        namespace: part(segments[0])?,
-        workload_kind: part(segments[1])?,
-        workload,
-        container: part(segments[last])?,
     })
 }
 

@@ -7,7 +7,7 @@ use std::{
     time::SystemTime,
 };
 
-use recorder_ebpf::SYSCALL_COLUMNS;
+use recorder_ebpf::{OVERFLOW_SLOT, SYSCALL_COLUMNS};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -74,23 +74,13 @@ pub struct SavedSlot {
     pub totals: BTreeMap<u16, u64>,
 }
 
-fn sparse_map(totals: &Totals) -> BTreeMap<u16, u64> {
-    totals
+/// A saved sparse map as slot state: only columns that exist, only non-zero counts.
+fn from_saved(saved: &BTreeMap<u16, u64>) -> Sparse {
+    saved
         .iter()
-        .enumerate()
-        .filter(|(_, count)| **count != 0)
-        .map(|(nr, count)| (nr as u16, *count))
+        .filter(|(nr, count)| usize::from(**nr) < SYSCALL_COLUMNS && **count != 0)
+        .map(|(&nr, &count)| (nr, count))
         .collect()
-}
-
-fn dense(sparse: &BTreeMap<u16, u64>) -> Totals {
-    let mut totals: Totals = Box::new([0; SYSCALL_COLUMNS]);
-    for (&nr, &count) in sparse {
-        if let Some(slot) = totals.get_mut(usize::from(nr)) {
-            *slot = count;
-        }
-    }
-    totals
 }
 
 /// Collection state carried between rounds.
@@ -100,7 +90,7 @@ pub struct Collector {
     resolver: Resolver,
     arch: Arch,
     last: HashMap<u32, SlotState>,
-    overflow_last: Totals,
+    overflow_last: Sparse,
     lost_total: u64,
     /// Removed cgroups whose final counts are folded but not yet saved: their slots are given
     /// back only after the next state save, so a crash cannot lose those counts.
@@ -144,20 +134,6 @@ fn sparse_deltas(
     }
 }
 
-/// `now - before` per column; a counter that went backwards was reset and counts from zero.
-fn deltas(now: &Totals, before: Option<&Totals>) -> Totals {
-    let mut out: Totals = Box::new([0; SYSCALL_COLUMNS]);
-    for (i, slot) in out.iter_mut().enumerate() {
-        let previous = before.map_or(0, |b| b[i]);
-        *slot = if now[i] >= previous {
-            now[i] - previous
-        } else {
-            now[i]
-        };
-    }
-    out
-}
-
 impl Collector {
     /// A collector over an attached recorder.
     pub fn new(recorder: Recorder, resolver: Resolver, arch: Arch) -> Self {
@@ -166,7 +142,7 @@ impl Collector {
             resolver,
             arch,
             last: HashMap::new(),
-            overflow_last: Box::new([0; SYSCALL_COLUMNS]),
+            overflow_last: Vec::new(),
             lost_total: 0,
             pending_release: Vec::new(),
             slot_table: None,
@@ -203,7 +179,7 @@ impl Collector {
         KernelSnapshot {
             counts_map_id: self.recorder.continuity().counts_map_id,
             slots,
-            overflow: sparse_map(&self.overflow_last),
+            overflow: self.overflow_last.iter().copied().collect(),
         }
     }
 
@@ -219,18 +195,13 @@ impl Collector {
                 saved.slot,
                 SlotState {
                     cgroup: saved.cgroup,
-                    totals: saved
-                        .totals
-                        .iter()
-                        .filter(|(nr, count)| usize::from(**nr) < SYSCALL_COLUMNS && **count != 0)
-                        .map(|(&nr, &count)| (nr, count))
-                        .collect(),
+                    totals: from_saved(&saved.totals),
                     identity: saved.identity.clone(),
                     idle_rounds: 0,
                 },
             );
         }
-        self.overflow_last = dense(&snapshot.overflow);
+        self.overflow_last = from_saved(&snapshot.overflow);
         true
     }
 
@@ -366,8 +337,16 @@ impl Collector {
                 },
             );
         }
-        let overflow = self.recorder.read_overflow()?;
-        stats.lost_calls = deltas(&overflow, Some(&self.overflow_last)).iter().sum();
+        self.recorder
+            .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)?;
+        let (mut lost, mut overflow) = (Vec::new(), Vec::new());
+        sparse_deltas(
+            &self.read_buffer,
+            &self.overflow_last,
+            &mut lost,
+            &mut overflow,
+        );
+        stats.lost_calls = lost.iter().map(|(_, calls)| calls).sum();
         self.lost_total = self.lost_total.saturating_add(stats.lost_calls);
         self.overflow_last = overflow;
 
@@ -427,16 +406,33 @@ mod tests {
         assert_eq!(delta, totals);
     }
 
+    /// The dense reference the sparse form must agree with.
+    fn deltas(now: &Totals, before: Option<&Totals>) -> Totals {
+        let mut out: Totals = Box::new([0; SYSCALL_COLUMNS]);
+        for (i, slot) in out.iter_mut().enumerate() {
+            let previous = before.map_or(0, |b| b[i]);
+            *slot = if now[i] >= previous {
+                now[i] - previous
+            } else {
+                now[i]
+            };
+        }
+        out
+    }
+
     #[test]
     fn deltas_handle_first_read_and_reset() {
         let mut a: Totals = Box::new([0; SYSCALL_COLUMNS]);
         a[0] = 5;
         a[1] = 2;
-        assert_eq!(deltas(&a, None)[0], 5);
+        let (mut delta, mut totals) = (Vec::new(), Vec::new());
+        sparse_deltas(&a, &[], &mut delta, &mut totals);
+        assert_eq!(delta.first(), Some(&(0, 5)));
         let mut b = a.clone();
         b[0] = 7;
         b[1] = 1; // reset: counts from zero
-        let d = deltas(&b, Some(&a));
-        assert_eq!((d[0], d[1], d[2]), (2, 1, 0));
+        let before = totals.clone();
+        sparse_deltas(&b, &before, &mut delta, &mut totals);
+        assert_eq!(delta, vec![(0, 2), (1, 1)]);
     }
 }

@@ -477,8 +477,8 @@ pub fn metric_identity(identity: &Identity, kubernetes: bool) -> Identity {
     }
 }
 
-/// Escapes a label value for the text format.
-fn escape(value: &str) -> String {
+/// Escapes a label value for the text format (backslash, double quote, newline).
+pub(crate) fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for ch in value.chars() {
         match ch {

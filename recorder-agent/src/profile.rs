@@ -96,6 +96,47 @@ impl Identity {
         .collect::<Vec<_>>()
         .join("/")
     }
+
+    /// The inverse of [`url_path`](Self::url_path): `NAMESPACE/KIND/WORKLOAD/CONTAINER`, `_`
+    /// for an empty part, percent-escapes decoded; a workload may span several segments (an
+    /// unescaped cgroup path). The error says what is wrong, for the caller to put in context.
+    pub fn from_url_path(path: &str) -> Result<Self, String> {
+        let segments: Vec<&str> = path.split('/').collect();
+        if segments.len() < 4 {
+            return Err(format!(
+                "fewer than four parts ({} segment(s))",
+                segments.len()
+            ));
+        }
+        let decode = |segment: &str| -> Result<String, String> {
+            if segment.is_empty() {
+                return Err("empty part (use _ for an empty part)".to_owned());
+            }
+            // `_` (as sent, not `%5F`) is an empty part; `%5F` is a literal underscore.
+            if segment == "_" {
+                return Ok(String::new());
+            }
+            let text = percent_encoding::percent_decode_str(segment)
+                .decode_utf8()
+                .map_err(|_| format!("segment {segment:?} is not valid UTF-8"))?;
+            if text.contains('\0') {
+                return Err("NUL in a part".to_owned());
+            }
+            Ok(text.into_owned())
+        };
+        let last = segments.len() - 1;
+        let workload = segments[2..last]
+            .iter()
+            .map(|segment| decode(segment))
+            .collect::<Result<Vec<_>, _>>()?
+            .join("/");
+        Ok(Self {
+            namespace: decode(segments[0])?,
+            workload_kind: decode(segments[1])?,
+            workload,
+            container: decode(segments[last])?,
+        })
+    }
 }
 
 impl fmt::Display for Identity {

@@ -252,20 +252,9 @@ pub fn check_range(range: &str) -> Result<(), PromqlError> {
     Ok(())
 }
 
-/// A PromQL string literal.
+/// A PromQL string literal: the same escapes as a label value of the text format.
 fn quote(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for ch in value.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            other => out.push(other),
-        }
-    }
-    out.push('"');
-    out
+    format!("\"{}\"", crate::metrics::escape(value))
 }
 
 /// The label matchers of one workload (an empty part matches the absent label).

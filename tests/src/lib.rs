@@ -515,18 +515,7 @@ impl Container {
         seccomp: Option<&Value>,
     ) -> anyhow::Result<Self> {
         let container = Self::prepare(cgroups_path, args, seccomp)?;
-        // Never pipes: runc create hands its stdio to the container.
-        let stdout = fs::File::create(container.bundle.path().join("stdout"))?;
-        let stderr = fs::File::create(container.bundle.path().join("stderr"))?;
-        let status = container
-            .runc()
-            .args(["create", "--bundle"])
-            .arg(container.bundle.path())
-            .arg(&container.id)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .status()?;
+        let status = container.runc_bundle(&["create"])?.status()?;
         anyhow::ensure!(
             status.success(),
             "runc create failed: {}",
@@ -539,17 +528,7 @@ impl Container {
     /// cgroup removed) before this returns, as fast as runc can.
     pub fn run_and_delete(cgroups_path: &str, args: &[&str]) -> anyhow::Result<Self> {
         let container = Self::prepare(cgroups_path, args, None)?;
-        let stdout = fs::File::create(container.bundle.path().join("stdout"))?;
-        let stderr = fs::File::create(container.bundle.path().join("stderr"))?;
-        let status = container
-            .runc()
-            .args(["run", "--bundle"])
-            .arg(container.bundle.path())
-            .arg(&container.id)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .status()?;
+        let status = container.runc_bundle(&["run"])?.status()?;
         anyhow::ensure!(status.success(), "runc run failed: {}", container.stderr());
         Ok(container)
     }
@@ -601,6 +580,23 @@ impl Container {
         let mut command = Command::new("runc");
         command.arg("--root").arg(&self.runc_root);
         command
+    }
+
+    /// `runc VERB... --bundle B ID` with the workload's stdio on files in the bundle. Files,
+    /// never pipes: runc hands its stdio to the container, which may outlive the reader.
+    fn runc_bundle(&self, verb: &[&str]) -> anyhow::Result<Command> {
+        let stdout = fs::File::create(self.bundle.path().join("stdout"))?;
+        let stderr = fs::File::create(self.bundle.path().join("stderr"))?;
+        let mut command = self.runc();
+        command
+            .args(verb)
+            .arg("--bundle")
+            .arg(self.bundle.path())
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        Ok(command)
     }
 
     /// The container's cgroup v2 directory.
@@ -696,18 +692,7 @@ impl Container {
     ) -> anyhow::Result<Finished> {
         let mut container = Self::prepare(cgroups_path, args, seccomp)?;
         container.id = id.to_owned();
-        // Files, never pipes: the container inherits them.
-        let stdout = fs::File::create(container.bundle.path().join("stdout"))?;
-        let stderr = fs::File::create(container.bundle.path().join("stderr"))?;
-        let mut child = container
-            .runc()
-            .args(["run", "--keep", "--bundle"])
-            .arg(container.bundle.path())
-            .arg(&container.id)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()?;
+        let mut child = container.runc_bundle(&["run", "--keep"])?.spawn()?;
         let status = poll("runc run to finish", Duration::from_secs(30), || {
             child.try_wait().ok().flatten()
         });
