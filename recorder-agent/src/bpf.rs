@@ -10,20 +10,19 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues, Queue, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray, Queue, RingBuf},
     programs::{
         ProgramError, RawTracePoint,
         links::{FdLink, PinnedLink},
         loaded_programs,
     },
-    util::nr_cpus,
 };
 use recorder_ebpf::{
     ABI_VERSION, ALL_MAPS, CAPACITY_MAPS, CGROUP_PATH_MAX, CgroupEvent, Config, FIRST_CGROUP_SLOT,
     MAP_CGROUP_EVENTS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION,
     MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER, PROG_SYS_ENTER_EMPTY,
     PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
-    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
+    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts, counter_index,
 };
 
 /// The kernel program, built by build.rs (empty when built with `RECORDER_SKIP_EBPF=1`).
@@ -78,6 +77,27 @@ pub enum BpfError {
     /// The number of CPUs could not be read.
     #[error("reading the possible CPUs: {0}")]
     Cpus(io::Error),
+    /// The counters for this capacity would not fit in one kernel array.
+    #[error(
+        "--max-cgroups {capacity} needs more counters than one kernel array holds on {cpus} \
+         CPUs; use --max-cgroups {max} or less"
+    )]
+    Capacity {
+        /// The capacity asked for.
+        capacity: u32,
+        /// Possible CPUs.
+        cpus: u32,
+        /// The largest capacity that fits.
+        max: u32,
+    },
+    /// A slot beyond the counters map (a corrupt slot table).
+    #[error("slot {slot} is outside the counters map ({slots} slots)")]
+    SlotOutOfRange {
+        /// The slot asked for.
+        slot: u32,
+        /// Slots in the map.
+        slots: u32,
+    },
     /// Managing the pinned maps and links failed.
     #[error("pinning in {path}: {reason}")]
     Pin {
@@ -194,9 +214,6 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> BpfError {
     }
 }
 
-/// `enum bpf_cmd` (linux/bpf.h).
-const BPF_MAP_LOOKUP_ELEM: i32 = 1;
-
 /// Linux capability numbers (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -309,16 +326,13 @@ pub type Totals = Box<[u64; SYSCALL_COLUMNS]>;
 pub struct Recorder {
     // Keeps the programs and their links alive.
     _ebpf: Ebpf,
-    counts: PerCpuArray<MapData, SlotCounts>,
+    counts: Counters,
     slots: HashMap<MapData, u64, u32>,
     free: Queue<MapData, u32>,
     generation: Array<MapData, u64>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
     capacity: u32,
-    cpus: usize,
-    /// Reused by [`Recorder::read_slot_into`]: one value per possible CPU.
-    read_buffer: std::sync::Mutex<Vec<u64>>,
     continuity: Continuity,
     _pin_lock: Option<PinLock>,
     /// Kernel ids of the attached programs: the loaded ones, or those a previous agent left
@@ -331,7 +345,7 @@ impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
             .field("capacity", &self.capacity)
-            .field("cpus", &self.cpus)
+            .field("cpus", &self.counts.cpus)
             .finish_non_exhaustive()
     }
 }
@@ -346,14 +360,16 @@ impl Recorder {
         check_privileges()?;
         raise_memlock_limit();
         let capacity = options.capacity.max(1);
+        let cpus = cpu_stride()?;
+        let counter_blocks = counter_blocks(capacity, cpus)?;
         let pin = match &options.bpffs {
-            Some(bpffs) => prepare_pin_set(bpffs, capacity)?,
+            Some(bpffs) => prepare_pin_set(bpffs, capacity, counter_blocks)?,
             None => None,
         };
         let mut loader = EbpfLoader::new();
         for map in CAPACITY_MAPS {
             let entries = if map == MAP_COUNTS {
-                capacity + 1
+                counter_blocks
             } else {
                 capacity
             };
@@ -376,14 +392,17 @@ impl Recorder {
                 format!("map {name} is missing from ALL_MAPS"),
             ));
         }
-        let cpus = nr_cpus().map_err(|(_, err)| BpfError::Cpus(err))?;
 
         let counts_map = take(&mut ebpf, MAP_COUNTS)?;
         let counts_map_id = match &counts_map {
-            aya::maps::Map::PerCpuArray(data) => data.info().map(|info| info.id()).unwrap_or(0),
+            aya::maps::Map::Array(data) => data.info().map(|info| info.id()).unwrap_or(0),
             _ => 0,
         };
-        let counts = PerCpuArray::try_from(counts_map).map_err(map_err(MAP_COUNTS))?;
+        let counts = Counters::map(
+            Array::try_from(counts_map).map_err(map_err(MAP_COUNTS))?,
+            cpus,
+            capacity + 1,
+        )?;
         let slots = HashMap::try_from(take(&mut ebpf, MAP_CGROUP_SLOTS)?)
             .map_err(map_err(MAP_CGROUP_SLOTS))?;
         let mut free =
@@ -410,7 +429,7 @@ impl Recorder {
                     0,
                     Config {
                         skip_tgid: options.skip_tgid,
-                        _pad: 0,
+                        cpus,
                     },
                     0,
                 )
@@ -492,8 +511,6 @@ impl Recorder {
             config,
             stats,
             capacity,
-            cpus,
-            read_buffer: std::sync::Mutex::new(Vec::new()),
             continuity: Continuity {
                 reused_maps,
                 reused_programs: reused_maps && reused_programs,
@@ -534,63 +551,14 @@ impl Recorder {
         Ok(totals)
     }
 
-    /// Like [`read_slot`](Self::read_slot), into `totals`. This is the collection's inner loop:
-    /// one `BPF_MAP_LOOKUP_ELEM` into a buffer kept across calls, where aya's per-CPU `get`
-    /// allocates a buffer and a boxed copy of every CPU's 4 KiB block per call.
+    /// Like [`read_slot`](Self::read_slot), into `totals`: the collection's inner loop, plain
+    /// memory reads of the mapped counters (no syscall, no copy).
     pub fn read_slot_into(
         &self,
         slot: u32,
         totals: &mut [u64; SYSCALL_COLUMNS],
     ) -> Result<(), BpfError> {
-        use aya::maps::IterableMap as _;
-
-        let mut buffer = self
-            .read_buffer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // `SlotCounts` is a multiple of 8 bytes, so the kernel's per-CPU stride is its size.
-        buffer.resize(self.cpus * SYSCALL_COLUMNS, 0);
-        #[repr(C)]
-        struct LookupAttr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let attr = LookupAttr {
-            map_fd: self.counts.map().fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::from_ref(&slot) as u64,
-            value: buffer.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: BPF_MAP_LOOKUP_ELEM reads a u32 key and writes `cpus` values of the map's
-        // value size (`SYSCALL_COLUMNS` u64s each) into `buffer`, which holds exactly that; the
-        // attribute is a prefix of `union bpf_attr` with its size passed along.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                libc::c_long::from(BPF_MAP_LOOKUP_ELEM),
-                std::ptr::from_ref(&attr),
-                std::mem::size_of::<LookupAttr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(map_err(MAP_COUNTS)(MapError::SyscallError(
-                aya::sys::SyscallError {
-                    call: "bpf_map_lookup_elem",
-                    io_error: io::Error::last_os_error(),
-                },
-            )));
-        }
-        totals.fill(0);
-        for cpu in buffer.chunks_exact(SYSCALL_COLUMNS) {
-            for (total, count) in totals.iter_mut().zip(cpu) {
-                *total = total.wrapping_add(*count);
-            }
-        }
-        Ok(())
+        self.counts.read_slot_into(slot, totals)
     }
 
     /// Registers `cgroup` from user space (before it runs anything), so it has a slot even if
@@ -615,13 +583,7 @@ impl Recorder {
             .map_err(map_err(MAP_CGROUP_SLOTS))?;
         self.bump_generation()?;
         let totals = self.read_slot(slot)?;
-        let zero = SlotCounts {
-            calls: [0; SYSCALL_COLUMNS],
-        };
-        let values = PerCpuValues::try_from(vec![zero; self.cpus]).map_err(BpfError::Cpus)?;
-        self.counts
-            .set(slot, values, 0)
-            .map_err(map_err(MAP_COUNTS))?;
+        self.counts.zero_slot(slot)?;
         self.free.push(slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
         Ok(totals)
     }
@@ -646,7 +608,7 @@ impl Recorder {
                 0,
                 Config {
                     skip_tgid: tgid,
-                    _pad: 0,
+                    cpus: self.counts.cpus,
                 },
                 0,
             )
@@ -701,6 +663,157 @@ impl Recorder {
     }
 }
 
+/// The per-CPU stride of the counters: the highest possible CPU id plus one (what
+/// `bpf_get_smp_processor_id` can return), from `/sys/devices/system/cpu/possible`.
+fn cpu_stride() -> Result<u32, BpfError> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let text = fs::read_to_string(POSSIBLE).map_err(BpfError::Cpus)?;
+    parse_cpu_stride(&text).ok_or_else(|| {
+        BpfError::Cpus(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{POSSIBLE}: cannot parse {:?}", text.trim()),
+        ))
+    })
+}
+
+/// `0-3` → 4, `0,2-5` → 6; `None` for anything else.
+fn parse_cpu_stride(text: &str) -> Option<u32> {
+    let mut highest = None;
+    for range in text.trim().split(',') {
+        let last = range.rsplit('-').next()?;
+        let first = range.split('-').next()?;
+        let (first, last) = (first.parse::<u32>().ok()?, last.parse::<u32>().ok()?);
+        if first > last || range.split('-').count() > 2 {
+            return None;
+        }
+        highest = Some(highest.map_or(last, |h: u32| h.max(last)));
+    }
+    highest?.checked_add(1)
+}
+
+/// Elements of the counters map for `capacity` cgroups plus the overflow slot on `cpus` CPUs.
+/// A kernel array holds at most 4 GiB, so huge nodes need a smaller `--max-cgroups`.
+fn counter_blocks(capacity: u32, cpus: u32) -> Result<u32, BpfError> {
+    let block = std::mem::size_of::<SlotCounts>() as u64;
+    let blocks = (u64::from(capacity) + 1) * u64::from(cpus);
+    // The kernel refuses arrays whose size does not fit in 32 bits (minus a page).
+    let limit = (u64::from(u32::MAX) - 65_536) / block;
+    if blocks > limit {
+        return Err(BpfError::Capacity {
+            capacity,
+            cpus,
+            max: u32::try_from((limit / u64::from(cpus)).saturating_sub(1)).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(blocks as u32)
+}
+
+/// The counters map, mapped into the agent: a collection reads every slot with plain loads
+/// (no syscall, no copy), and a recycled slot is zeroed in place.
+struct Counters {
+    /// Keeps the map, and so the mapping's pages, alive.
+    _map: Array<MapData, SlotCounts>,
+    base: std::ptr::NonNull<u64>,
+    bytes: usize,
+    /// Elements per slot: the CPU stride.
+    cpus: u32,
+    /// Slots in the map (capacity + 1).
+    slots: u32,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; every access is a volatile
+// load or store of an aligned u64, which the kernel program also only ever adds to.
+unsafe impl Send for Counters {}
+// SAFETY: as above; shared references only read.
+unsafe impl Sync for Counters {}
+
+impl Counters {
+    fn map(map: Array<MapData, SlotCounts>, cpus: u32, slots: u32) -> Result<Self, BpfError> {
+        use aya::maps::IterableMap as _;
+
+        let bytes = std::mem::size_of::<SlotCounts>() * cpus as usize * slots as usize;
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array from offset 0, no longer than the
+        // array's data; the result is checked before use.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.map().fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(map_err(MAP_COUNTS)(MapError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "mmap",
+                    io_error: io::Error::last_os_error(),
+                },
+            )));
+        }
+        let base = std::ptr::NonNull::new(address.cast::<u64>())
+            .ok_or(BpfError::MissingMap(MAP_COUNTS))?;
+        Ok(Self {
+            _map: map,
+            base,
+            bytes,
+            cpus,
+            slots,
+        })
+    }
+
+    /// The first counter of `slot` and the number of counters it has (all CPUs).
+    fn slot_range(&self, slot: u32) -> Result<(*mut u64, usize), BpfError> {
+        if slot >= self.slots {
+            return Err(BpfError::SlotOutOfRange {
+                slot,
+                slots: self.slots,
+            });
+        }
+        let per_slot = self.cpus as usize * SYSCALL_COLUMNS;
+        let first = counter_index(slot, 0, self.cpus) as usize * SYSCALL_COLUMNS;
+        // SAFETY: `first + per_slot` is within the mapping (slot < slots).
+        Ok((unsafe { self.base.as_ptr().add(first) }, per_slot))
+    }
+
+    fn read_slot_into(
+        &self,
+        slot: u32,
+        totals: &mut [u64; SYSCALL_COLUMNS],
+    ) -> Result<(), BpfError> {
+        let (first, len) = self.slot_range(slot)?;
+        totals.fill(0);
+        for cpu in 0..len / SYSCALL_COLUMNS {
+            for (column, total) in totals.iter_mut().enumerate() {
+                // SAFETY: in the mapping (see slot_range); volatile because the kernel program
+                // adds to these counters concurrently (aligned u64 loads do not tear).
+                let count = unsafe { first.add(cpu * SYSCALL_COLUMNS + column).read_volatile() };
+                *total = total.wrapping_add(count);
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeroes a slot that no cgroup holds (nothing writes it any more).
+    fn zero_slot(&self, slot: u32) -> Result<(), BpfError> {
+        let (first, len) = self.slot_range(slot)?;
+        for i in 0..len {
+            // SAFETY: in the mapping (see slot_range).
+            unsafe { first.add(i).write_volatile(0) };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Counters {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `Counters::map`; nothing refers to it
+        // after drop.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
+
 /// A pin set ready for loading.
 struct PinSet {
     dir: PathBuf,
@@ -711,7 +824,11 @@ struct PinSet {
 /// Picks the pin set for this ABI and capacity under `bpffs`: reused when a compatible one
 /// exists, created otherwise. Sets of another ABI or capacity cannot be read by this agent and
 /// are removed. Returns `None` (with a warning) when `bpffs` is not a bpf filesystem.
-fn prepare_pin_set(bpffs: &Path, capacity: u32) -> Result<Option<PinSet>, BpfError> {
+fn prepare_pin_set(
+    bpffs: &Path,
+    capacity: u32,
+    counter_blocks: u32,
+) -> Result<Option<PinSet>, BpfError> {
     if !is_bpffs(bpffs) {
         tracing::warn!(
             bpffs = %bpffs.display(),
@@ -739,7 +856,7 @@ fn prepare_pin_set(bpffs: &Path, capacity: u32) -> Result<Option<PinSet>, BpfErr
     fs::create_dir_all(&dir).map_err(|err| pin_err(&dir, err))?;
     let lock = PinLock::take(&dir)?;
     drop(root_lock);
-    let reuse = pin_set_is_complete(&dir, capacity);
+    let reuse = pin_set_is_complete(&dir, counter_blocks);
     if !reuse {
         let removed = remove_pin_set(&dir)?;
         if removed > 0 {
@@ -750,12 +867,12 @@ fn prepare_pin_set(bpffs: &Path, capacity: u32) -> Result<Option<PinSet>, BpfErr
     Ok(Some(PinSet { dir, reuse, lock }))
 }
 
-fn pin_set_is_complete(dir: &Path, capacity: u32) -> bool {
+fn pin_set_is_complete(dir: &Path, counter_blocks: u32) -> bool {
     let maps_ok = ALL_MAPS
         .iter()
         .all(|map| MapInfo::from_pin(dir.join(map)).is_ok());
     let counts_ok = MapInfo::from_pin(dir.join(MAP_COUNTS)).is_ok_and(|info| {
-        info.max_entries() == capacity + 1
+        info.max_entries() == counter_blocks
             && info.value_size() as usize == std::mem::size_of::<SlotCounts>()
     });
     let links_ok = [PROG_CGROUP_ATTACH, PROG_TASK_EXIT, PROG_SYS_ENTER]
@@ -825,6 +942,8 @@ impl CgroupEvents {
 /// The benchmark floor: only the empty `sys_enter` program, attached until dropped.
 pub struct EmptyProbe {
     _ebpf: Ebpf,
+    /// Kernel id of the attached program.
+    program_id: u32,
 }
 
 impl std::fmt::Debug for EmptyProbe {
@@ -846,10 +965,29 @@ impl EmptyProbe {
                 source: Box::new(source),
                 hint: load_hint(),
             })?;
-        load_raw_tracepoint(&mut ebpf, PROG_SYS_ENTER_EMPTY)?
-            .attach("sys_enter")
-            .map_err(program_err("attaching", PROG_SYS_ENTER_EMPTY, load_hint()))?;
-        Ok(Self { _ebpf: ebpf })
+        let program = load_raw_tracepoint(&mut ebpf, PROG_SYS_ENTER_EMPTY)?;
+        program.attach("sys_enter").map_err(program_err(
+            "attaching",
+            PROG_SYS_ENTER_EMPTY,
+            load_hint(),
+        ))?;
+        let program_id = program.info().map(|info| info.id()).unwrap_or(0);
+        Ok(Self {
+            _ebpf: ebpf,
+            program_id,
+        })
+    }
+
+    /// Run count and run time of the empty program (see [`ProgramStats`]).
+    pub fn program_stats(&self) -> Option<ProgramStats> {
+        loaded_programs()
+            .flatten()
+            .find(|info| info.id() == self.program_id)
+            .map(|info| ProgramStats {
+                program: PROG_SYS_ENTER_EMPTY,
+                run_count: info.run_count(),
+                run_time: info.run_time(),
+            })
     }
 }
 
@@ -896,5 +1034,31 @@ fn raise_memlock_limit() {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
     if rc != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_stride_is_the_highest_possible_cpu_plus_one() {
+        assert_eq!(parse_cpu_stride("0-3\n"), Some(4));
+        assert_eq!(parse_cpu_stride("0"), Some(1));
+        assert_eq!(parse_cpu_stride("0,2-5"), Some(6));
+        assert_eq!(parse_cpu_stride("0-1,8"), Some(9));
+        for bad in ["", "x", "3-1", "0-1-2", "0,", "-1"] {
+            assert_eq!(parse_cpu_stride(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn counter_blocks_fit_one_kernel_array() {
+        assert_eq!(counter_blocks(1024, 2).ok(), Some(2050));
+        let Err(BpfError::Capacity { max, .. }) = counter_blocks(100_000, 512) else {
+            panic!("100,000 cgroups on 512 CPUs do not fit in 4 GiB");
+        };
+        assert!(counter_blocks(max, 512).is_ok());
+        assert!(counter_blocks(max + 1, 512).is_err());
     }
 }

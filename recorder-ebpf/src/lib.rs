@@ -3,18 +3,23 @@
 //!
 //! # Design
 //!
-//! Every syscall is counted in a per-CPU block of [`SYSCALL_COLUMNS`] counters that belongs to
-//! the task's cgroup (a "slot"). Finding the slot is the expensive part (the cgroup-id helper
-//! plus a hash lookup cost about 60 ns), so the program keeps a per-CPU [`CpuCache`] of the
-//! tasks it saw last and their slots: [`CACHE_ENTRIES`] entries, direct-mapped by a hash of the
-//! task key, so tasks that take turns on a CPU (a pipeline, a request handed between threads,
-//! containers sharing a core) keep hitting instead of evicting each other. The task is
-//! identified by the `struct pt_regs *` that `sys_enter` receives: it sits at the top of the
-//! task's own kernel stack, so it is unique per live task and costs no helper call (every
-//! call/return pays for speculation mitigations). An entry is trusted only while the global [`GENERATION`](MAP_GENERATION) is
-//! unchanged; the kernel bumps it whenever a task changes cgroup (`cgroup_attach_task`) or exits
-//! (`sched_process_exit`, before its kernel stack — and so its `pt_regs` address — can be reused
-//! by a new task), and the agent bumps it when it recycles a slot or changes the configuration.
+//! Every syscall is counted in a block of [`SYSCALL_COLUMNS`] counters that belongs to the
+//! task's cgroup (a "slot") and to the CPU it runs on: [`COUNTS`](MAP_COUNTS) is one flat,
+//! memory-mappable array whose element `slot * cpus + cpu` ([`counter_index`]) is written only
+//! by that CPU. A plain array lookup is a bounds check and an address computation (no load of a
+//! per-CPU pointer on the hot path), and the agent reads every counter through a shared mapping
+//! instead of copying each slot out with a syscall. Finding the slot is the expensive part (the
+//! cgroup-id helper plus a hash lookup cost about 60 ns), so the program keeps a per-CPU
+//! [`CpuCache`] of the tasks it saw last and the counter block of each: [`CACHE_ENTRIES`]
+//! entries, two possible places per task, so tasks that take turns on a CPU (a pipeline, a
+//! request handed between threads, containers sharing a core) keep hitting instead of evicting
+//! each other. The task is identified by the `struct pt_regs *` that `sys_enter` receives: it
+//! sits at the top of the task's own kernel stack, so it is unique per live task and costs no
+//! helper call (every call/return pays for speculation mitigations). An entry is trusted only
+//! while the global [`GENERATION`](MAP_GENERATION) is unchanged; the kernel bumps it whenever a
+//! task changes cgroup (`cgroup_attach_task`) or exits (`sched_process_exit`, before its kernel
+//! stack — and so its `pt_regs` address — can be reused by a new task), and the agent bumps it
+//! when it recycles a slot or changes the configuration.
 //!
 //! Slots are handed out by the kernel itself from the [`FREE_SLOTS`](MAP_FREE_SLOTS) queue the
 //! agent fills before attaching, so a cgroup is counted from its very first syscall without
@@ -36,7 +41,9 @@ pub const FIRST_CGROUP_SLOT: u32 = 1;
 /// Cache value for tasks that are not counted (the agent itself).
 pub const SKIP_SLOT: u32 = u32::MAX;
 
-/// `PERCPU_ARRAY<SlotCounts>`, `max_entries = capacity + 1` (slot 0 is [`OVERFLOW_SLOT`]).
+/// `ARRAY<SlotCounts>` with `BPF_F_MMAPABLE`, `max_entries = (capacity + 1) * cpus` (slot 0 is
+/// [`OVERFLOW_SLOT`]; `cpus` is the number of possible CPUs): element [`counter_index`]`(slot,
+/// cpu, cpus)` holds the counts of `slot` made on `cpu`.
 pub const MAP_COUNTS: &str = "COUNTS";
 /// `HASH<u64 cgroup id, u32 slot>`, `max_entries = capacity`.
 pub const MAP_CGROUP_SLOTS: &str = "CGROUP_SLOTS";
@@ -66,7 +73,7 @@ pub const ALL_MAPS: [&str; 8] = [
 ];
 
 /// Bumped on any change of map layout or meaning: pinned maps of another ABI are not reused.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Maps whose `max_entries` the agent sets at load time from its capacity.
 pub const CAPACITY_MAPS: [&str; 3] = [MAP_COUNTS, MAP_CGROUP_SLOTS, MAP_FREE_SLOTS];
@@ -130,7 +137,7 @@ pub struct SlotCounts {
 /// Entries of each CPU's [`CpuCache`] (a power of two). 128 entries of 24 bytes: 3 KiB per CPU.
 pub const CACHE_ENTRIES: usize = 128;
 
-/// One cached task: its key, the generation it was filled in, its slot.
+/// One cached task: its key, the generation it was filled in, its counter block.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CacheEntry {
@@ -138,8 +145,9 @@ pub struct CacheEntry {
     pub task: u64,
     /// Value of the generation when the entry was filled.
     pub generation: u64,
-    /// The task's slot, [`OVERFLOW_SLOT`] or [`SKIP_SLOT`].
-    pub slot: u32,
+    /// Index in [`COUNTS`](MAP_COUNTS) of the task's slot on this CPU ([`counter_index`]), or
+    /// [`SKIP_SLOT`].
+    pub counter: u32,
     /// Explicit padding: the struct is 24 bytes on every target.
     pub _pad: u32,
 }
@@ -171,14 +179,22 @@ pub const fn cache_index_alt(task: u64) -> usize {
     (task.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> (64 - CACHE_ENTRIES.trailing_zeros())) as usize
 }
 
+/// Where the counts of `slot` made on `cpu` are in [`COUNTS`](MAP_COUNTS): the blocks of one
+/// slot are adjacent, so the agent reads a slot as one contiguous run of memory.
+#[inline(always)]
+#[must_use]
+pub const fn counter_index(slot: u32, cpu: u32, cpus: u32) -> u32 {
+    slot.wrapping_mul(cpus).wrapping_add(cpu)
+}
+
 /// Agent-controlled settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
     /// Thread-group id whose syscalls are not counted (the agent), 0 for none.
     pub skip_tgid: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Possible CPUs: the stride of [`counter_index`]. The agent sets it before attaching.
+    pub cpus: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SlotCounts>() == 8 * SYSCALL_COLUMNS);

@@ -16,9 +16,10 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
@@ -28,12 +29,12 @@ use recorder_ebpf::{
     CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache,
     OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT, SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR,
     STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
-    cache_index, cache_index_alt,
+    cache_index, cache_index_alt, counter_index,
 };
 
 // The sizes of the capacity maps are placeholders: the agent sets them at load time.
 #[map]
-static COUNTS: PerCpuArray<SlotCounts> = PerCpuArray::with_max_entries(2, 0);
+static COUNTS: Array<SlotCounts> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 #[map]
 static CGROUP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(1, 0);
 #[map]
@@ -104,15 +105,15 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     let second = cache_index_alt(task) & (CACHE_ENTRIES - 1);
     // SAFETY: per-CPU map value; this program owns this CPU's copy while it runs, and both
     // indexes are in bounds.
-    let slot = unsafe {
+    let counter = unsafe {
         let a: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[first]);
         let b: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[second]);
         if (*a).task == task && (*a).generation == generation {
-            (*a).slot
+            (*a).counter
         } else if (*b).task == task && (*b).generation == generation {
-            (*b).slot
+            (*b).counter
         } else {
-            let slot = find_slot()?;
+            let counter = find_counter()?;
             // Take the first place unless another live task holds it and the second is
             // free (stale): a pair colliding in one place then settles into both.
             let victim = if (*a).generation == generation && (*b).generation != generation {
@@ -123,33 +124,42 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
             *victim = CacheEntry {
                 task,
                 generation,
-                slot,
+                counter,
                 _pad: 0,
             };
-            slot
+            counter
         }
     };
-    if slot == SKIP_SLOT {
+    if counter == SKIP_SLOT {
         return Ok(());
     }
-    let counts = COUNTS.get_ptr_mut(slot).ok_or(Stat(STAT_MAP_ERROR))?;
-    // SAFETY: per-CPU map value, not shared with other CPUs; the mask keeps the index in bounds
-    // for the verifier (column is already < SYSCALL_COLUMNS).
+    let counts = COUNTS.get_ptr_mut(counter).ok_or(Stat(STAT_MAP_ERROR))?;
+    // SAFETY: a map value only this CPU writes (the index includes the CPU, and the program
+    // cannot be preempted or migrated while it runs); the mask keeps the index in bounds for
+    // the verifier (column is already < SYSCALL_COLUMNS).
     unsafe { (*counts).calls[column & (SYSCALL_COLUMNS - 1)] += 1 };
     Ok(())
 }
 
-/// The slow path: which slot counts the current task's syscalls.
+/// The slow path: which counter block (slot and CPU) counts the current task's syscalls.
 #[inline(always)]
-fn find_slot() -> Result<u32, Stat> {
+fn find_counter() -> Result<u32, Stat> {
     count_stat(STAT_CACHE_MISS);
+    let config = CONFIG.get(0).ok_or(Stat(STAT_MAP_ERROR))?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(config) = CONFIG.get(0)
-        && config.skip_tgid != 0
-        && config.skip_tgid == tgid
-    {
+    if config.skip_tgid != 0 && config.skip_tgid == tgid {
         return Ok(SKIP_SLOT);
     }
+    // SAFETY: helper without arguments; the program runs with migration disabled, so the CPU
+    // stays the one whose cache entry this fills.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let slot = find_slot()?;
+    Ok(counter_index(slot, cpu, config.cpus))
+}
+
+/// Which slot counts the current task's cgroup; takes a free one for a new cgroup.
+#[inline(always)]
+fn find_slot() -> Result<u32, Stat> {
     // SAFETY: helper without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is copied out at once.
