@@ -2,10 +2,8 @@
 //! while xtask runs its syscall loops, and timing collections over many active cgroups.
 
 use std::{
-    ffi::CString,
     fs,
     io::{self, BufRead as _, Write as _},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     time::{Duration, Instant, SystemTime},
@@ -22,14 +20,19 @@ use crate::{
     syscalls::Arch,
 };
 
-/// `bench-probe`: attach, say `ready`, hold until stdin closes, then print kernel stats.
+/// `bench-probe`: attach, say `ready`, hold until stdin closes, then print kernel stats: the
+/// recorder's cache misses, and for either program its run count and run time (which the
+/// kernel accumulates only while `kernel.bpf_stats_enabled` is 1).
 pub fn probe(args: &BenchProbeArgs) -> anyhow::Result<ExitCode> {
     let recorder = match args.program {
         BenchProgram::Empty => {
             let probe = EmptyProbe::attach()?;
             hold()?;
+            let (runs, ns) = probe
+                .program_stats()
+                .map_or((0, 0), |stats| (stats.run_count, stats.run_time.as_nanos()));
             drop(probe);
-            println!("{{}}");
+            println!("{{\"run_count\":{runs},\"run_time_ns\":{ns}}}");
             return Ok(ExitCode::SUCCESS);
         }
         BenchProgram::Recorder => Recorder::load_and_attach(LoadOptions {
@@ -40,8 +43,13 @@ pub fn probe(args: &BenchProbeArgs) -> anyhow::Result<ExitCode> {
     };
     hold()?;
     let stats = recorder.stats()?;
+    let (runs, ns) = recorder
+        .program_stats()?
+        .into_iter()
+        .find(|stats| stats.program == recorder_ebpf::PROG_SYS_ENTER)
+        .map_or((0, 0), |stats| (stats.run_count, stats.run_time.as_nanos()));
     println!(
-        "{{\"cache_misses\":{},\"slots_allocated\":{},\"slot_exhausted\":{},\"map_errors\":{}}}",
+        "{{\"cache_misses\":{},\"slots_allocated\":{},\"slot_exhausted\":{},\"map_errors\":{},\"run_count\":{runs},\"run_time_ns\":{ns}}}",
         stats.cache_misses, stats.slots_allocated, stats.slot_exhausted, stats.map_errors
     );
     Ok(ExitCode::SUCCESS)
@@ -80,46 +88,46 @@ impl BenchCgroups {
         Ok(made)
     }
 
-    /// Runs /bin/true once in every cgroup: each makes a few dozen syscalls there.
+    /// Runs a short shell once in every cgroup: it moves itself there and execs /bin/true, a
+    /// few dozen syscalls in all. The children are spawned with `posix_spawn` (no `pre_exec`):
+    /// a forked copy of this process would leave its memory copy-on-write, and the timed
+    /// collection would then pay page faults the agent (which forks nothing) never pays.
     fn touch_all(&self) -> anyhow::Result<()> {
         let mut children = Vec::with_capacity(self.dirs.len());
         for dir in &self.dirs {
-            let procs = CString::new(
-                dir.join("cgroup.procs")
-                    .into_os_string()
-                    .into_encoded_bytes(),
-            )?;
-            let mut command = Command::new("/bin/true");
-            command.stdin(Stdio::null()).stdout(Stdio::null());
-            // SAFETY: only async-signal-safe calls on data prepared before the fork.
-            unsafe {
-                command.pre_exec(move || {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if written == 1 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::last_os_error())
-                    }
-                });
-            }
-            children.push(command.spawn()?);
+            let child = Command::new("/bin/sh")
+                .args([
+                    "-c",
+                    "echo $$ > \"$1/cgroup.procs\" && exec /bin/true",
+                    "sh",
+                ])
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?;
+            children.push((dir, child));
             // Bounded parallelism: a few hundred children at once at most.
             if children.len() >= 256 {
-                for mut child in children.drain(..) {
-                    child.wait()?;
+                for (dir, mut child) in children.drain(..) {
+                    wait_ok(dir, &mut child)?;
                 }
             }
         }
-        for mut child in children {
-            child.wait()?;
+        for (dir, mut child) in children {
+            wait_ok(dir, &mut child)?;
         }
         Ok(())
     }
+}
+
+fn wait_ok(dir: &Path, child: &mut std::process::Child) -> anyhow::Result<()> {
+    let status = child.wait()?;
+    anyhow::ensure!(
+        status.success(),
+        "joining {} and running /bin/true: {status}",
+        dir.display()
+    );
+    Ok(())
 }
 
 impl Drop for BenchCgroups {

@@ -6,7 +6,11 @@
 //! Method (as in shared/reference/perf-anchors.md): a C loop pinned to CPU 0 runs chunks of
 //! syscalls and reports the 10th percentile of ns per syscall; every variant run follows a
 //! baseline run, variants are shuffled each round, and a figure is the median over rounds of
-//! (variant - the baseline right before it).
+//! (variant - the baseline right before it); "vs floor" is the median over rounds of the
+//! difference to the floor run of the same round. A second pass turns on
+//! `kernel.bpf_stats_enabled` and reads the kernel's own timing of each program run (empty
+//! program vs recorder): it excludes the loop's scheduling noise, which in the context-switch
+//! case is larger than the difference being measured.
 
 use std::{
     collections::BTreeMap,
@@ -96,7 +100,9 @@ int main(int argc, char **argv) {
 const BPFTRACE_PROGRAM: &str =
     "tracepoint:raw_syscalls:sys_enter { @[cgroup, args->id] = count(); }";
 const RING_TASKS: usize = 8;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 11;
+/// Runs per program of the in-program timing pass (`kernel.bpf_stats_enabled`).
+const STATS_ROUNDS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Variant {
@@ -168,10 +174,11 @@ impl Attached {
         })
     }
 
-    /// Detaches and returns the last line the program printed.
-    fn finish(mut self) -> Option<String> {
+    /// Detaches and returns the statistics the program printed last (JSON), if any.
+    fn finish(mut self) -> Option<serde_json::Value> {
         self.stop();
-        self.output.take()?.join().ok().flatten()
+        let line = self.output.take()?.join().ok().flatten()?;
+        serde_json::from_str(&line).ok()
     }
 
     fn stop(&mut self) {
@@ -199,6 +206,64 @@ impl Drop for Attached {
             self.stop();
         }
     }
+}
+
+/// Turns `kernel.bpf_stats_enabled` on while it lives and restores the previous value; absent
+/// when the kernel has no such switch.
+struct StatsSwitch {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl StatsSwitch {
+    fn new() -> Option<Self> {
+        let previous = fs::read_to_string(BPF_STATS).ok()?;
+        Some(Self { previous })
+    }
+
+    fn set(&self, on: bool) -> anyhow::Result<()> {
+        fs::write(BPF_STATS, if on { "1" } else { "0" })
+            .with_context(|| format!("writing {BPF_STATS}"))
+    }
+}
+
+impl Drop for StatsSwitch {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.previous.trim());
+    }
+}
+
+/// Median ns per run inside the empty program and inside the recorder, over the loop `args`,
+/// measured by the kernel with run statistics on (which the wall-clock rounds are not).
+fn in_program_ns(
+    stats: &StatsSwitch,
+    agent: &Path,
+    binary: &Path,
+    args: &[String],
+) -> anyhow::Result<(f64, f64)> {
+    stats.set(true)?;
+    let result = (|| {
+        let mut per_run: BTreeMap<Variant, Vec<f64>> = BTreeMap::new();
+        for round in 0..STATS_ROUNDS {
+            for variant in order(round, &[Variant::Empty, Variant::Recorder]) {
+                let attached = Attached::start(variant, agent)?;
+                run_loop(binary, args)?;
+                let stats = attached.finish().unwrap_or_default();
+                let (runs, ns) = (
+                    stats["run_count"].as_f64().unwrap_or(0.0),
+                    stats["run_time_ns"].as_f64().unwrap_or(0.0),
+                );
+                if runs > 0.0 {
+                    per_run.entry(variant).or_default().push(ns / runs);
+                }
+            }
+        }
+        let pick = |variant| median(per_run.get(&variant).cloned().unwrap_or_default());
+        Ok((pick(Variant::Empty), pick(Variant::Recorder)))
+    })();
+    stats.set(false)?;
+    result
 }
 
 /// Syscalls one run of the loop makes, about: chunks × calls per chunk.
@@ -337,6 +402,8 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
         variants.push(Variant::Bpftrace);
     }
     let ring = RingCgroups::create(&cgroup2_root()?)?;
+    // The kernel's own timing of each program run: free of the loop's scheduling noise.
+    let stats_switch = StatsSwitch::new();
     let ring_base = ring.base.display().to_string();
     let cases: Vec<(&str, Vec<String>)> = vec![
         (
@@ -360,7 +427,9 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
     ];
 
     let mut rows = Vec::new();
+    let mut in_program = Vec::new();
     for (case, args) in &cases {
+        // Per round, one run of each variant, each right after its own baseline run.
         let mut added: BTreeMap<Variant, Vec<f64>> = BTreeMap::new();
         let mut baselines = Vec::new();
         let mut misses = Vec::new();
@@ -369,11 +438,9 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
                 let baseline = run_loop(&binary, args)?;
                 let attached = Attached::start(variant, agent)?;
                 let with = run_loop(&binary, args)?;
-                let last_line = attached.finish();
+                let stats = attached.finish();
                 if variant == Variant::Recorder
-                    && let Some(line) = last_line
-                    && let Ok(stats) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(count) = stats["cache_misses"].as_f64()
+                    && let Some(count) = stats.as_ref().and_then(|s| s["cache_misses"].as_f64())
                 {
                     misses.push(count * 1000.0 / loop_calls(args).max(1.0));
                 }
@@ -383,24 +450,29 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
             eprint!(".");
         }
         let baseline = median(baselines);
-        let floor = median(added.get(&Variant::Empty).cloned().unwrap_or_default());
+        let floor = added.get(&Variant::Empty).cloned().unwrap_or_default();
         for variant in &variants {
-            let add = median(added.get(variant).cloned().unwrap_or_default());
+            let runs = added.get(variant).cloned().unwrap_or_default();
+            // Against the floor run of the same round: slow drift of the host cancels out.
+            let vs_floor = median(runs.iter().zip(&floor).map(|(v, f)| v - f).collect());
+            let add = median(runs);
             let misses = if *variant == Variant::Recorder && !misses.is_empty() {
                 format!("{:.2}", median(misses.clone()))
             } else {
                 "".to_owned()
             };
             rows.push(format!(
-                "| {case} | {} | {add:+.1} | {:.2}x | {:+.1} | {misses} |",
+                "| {case} | {} | {add:+.1} | {:.2}x | {vs_floor:+.1} | {misses} |",
                 variant.name(),
                 (baseline + add) / baseline,
-                add - floor
             ));
         }
         rows.push(format!(
             "| {case} | (baseline: {baseline:.1} ns/syscall) | | | | |"
         ));
+        if let Some(stats) = &stats_switch {
+            in_program.push((*case, in_program_ns(stats, agent, &binary, args)?));
+        }
     }
     drop(ring);
     eprintln!();
@@ -413,6 +485,20 @@ pub fn run(agent: &Path) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
+    }
+    drop(stats_switch);
+    if !in_program.is_empty() {
+        println!(
+            "\n### Time inside the program per syscall (kernel.bpf_stats_enabled, {STATS_ROUNDS} runs each, medians)\n"
+        );
+        println!("| case | empty program (floor) | syscall-recorder | recorder − floor |");
+        println!("|---|---|---|---|");
+        for (case, (empty, recorder)) in in_program {
+            println!(
+                "| {case} | {empty:.1} ns | {recorder:.1} ns | {:+.1} ns |",
+                recorder - empty
+            );
+        }
     }
 
     println!("\n### Collection (one round, every slot read; release build)\n");
