@@ -302,6 +302,10 @@ fn collection_loop(
             Err(mpsc::RecvTimeoutError::Timeout) => false,
         };
         next += interval;
+        if stopping {
+            // The last round reads every slot: without pinned maps the counters go with us.
+            collector.sweep_next_round();
+        }
         let started = Instant::now();
         for (id, path) in std::mem::take(
             &mut *attributing

@@ -19,10 +19,11 @@ use aya::{
 };
 use recorder_ebpf::{
     ABI_VERSION, ALL_MAPS, CAPACITY_MAPS, CGROUP_PATH_MAX, CgroupEvent, Config, FIRST_CGROUP_SLOT,
-    MAP_CGROUP_EVENTS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION,
-    MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER, PROG_SYS_ENTER_EMPTY,
-    PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
-    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts, counter_index,
+    MAP_ACTIVE, MAP_CGROUP_EVENTS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_FREE_SLOTS,
+    MAP_GENERATION, MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER,
+    PROG_SYS_ENTER_EMPTY, PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR,
+    STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
+    counter_index,
 };
 
 /// The kernel program, built by build.rs (empty when built with `RECORDER_SKIP_EBPF=1`).
@@ -368,10 +369,10 @@ impl Recorder {
         };
         let mut loader = EbpfLoader::new();
         for map in CAPACITY_MAPS {
-            let entries = if map == MAP_COUNTS {
-                counter_blocks
-            } else {
-                capacity
+            let entries = match map {
+                MAP_COUNTS => counter_blocks,
+                MAP_ACTIVE => capacity + 1,
+                _ => capacity,
             };
             loader.map_max_entries(map, entries);
         }
@@ -400,6 +401,7 @@ impl Recorder {
         };
         let counts = Counters::map(
             Array::try_from(counts_map).map_err(map_err(MAP_COUNTS))?,
+            Array::try_from(take(&mut ebpf, MAP_ACTIVE)?).map_err(map_err(MAP_ACTIVE))?,
             cpus,
             capacity + 1,
         )?;
@@ -475,6 +477,9 @@ impl Recorder {
                 drop(old);
             }
             reused_programs = false;
+            if let Ok(info) = program.info() {
+                attached.push((name, info.id()));
+            }
             let link_id =
                 program
                     .attach(tracepoint)
@@ -559,6 +564,19 @@ impl Recorder {
         totals: &mut [u64; SYSCALL_COLUMNS],
     ) -> Result<(), BpfError> {
         self.counts.read_slot_into(slot, totals)
+    }
+
+    /// Whether a task counting in `slot` missed the cache since the last call (which clears
+    /// the mark). After [`invalidate_caches`](Self::invalidate_caches), every task that keeps
+    /// counting misses once more and marks its slot again, so a slot that is not marked has not
+    /// counted since, except for the few calls already in flight at the invalidation.
+    pub fn take_active(&self, slot: u32) -> Result<bool, BpfError> {
+        self.counts.take_active(slot)
+    }
+
+    /// Invalidates every CPU's cached slots.
+    pub fn invalidate_caches(&mut self) -> Result<(), BpfError> {
+        self.bump_generation()
     }
 
     /// Registers `cgroup` from user space (before it runs anything), so it has a slot even if
@@ -708,30 +726,21 @@ fn counter_blocks(capacity: u32, cpus: u32) -> Result<u32, BpfError> {
     Ok(blocks as u32)
 }
 
-/// The counters map, mapped into the agent: a collection reads every slot with plain loads
-/// (no syscall, no copy), and a recycled slot is zeroed in place.
-struct Counters {
-    /// Keeps the map, and so the mapping's pages, alive.
-    _map: Array<MapData, SlotCounts>,
-    base: std::ptr::NonNull<u64>,
+/// A `BPF_F_MMAPABLE` array map mapped into the agent (shared, read-write), unmapped on drop.
+struct Mapping {
+    base: std::ptr::NonNull<u8>,
     bytes: usize,
-    /// Elements per slot: the CPU stride.
-    cpus: u32,
-    /// Slots in the map (capacity + 1).
-    slots: u32,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; every access is a volatile
-// load or store of an aligned u64, which the kernel program also only ever adds to.
-unsafe impl Send for Counters {}
-// SAFETY: as above; shared references only read.
-unsafe impl Sync for Counters {}
+// SAFETY: plain shared memory owned by this value; every access goes through volatile or
+// atomic operations on aligned integers, which is also all the kernel program does.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
 
-impl Counters {
-    fn map(map: Array<MapData, SlotCounts>, cpus: u32, slots: u32) -> Result<Self, BpfError> {
-        use aya::maps::IterableMap as _;
-
-        let bytes = std::mem::size_of::<SlotCounts>() * cpus as usize * slots as usize;
+impl Mapping {
+    /// Maps the first `bytes` of the array `map` (named `name` in errors).
+    fn new(map: &MapData, bytes: usize, name: &'static str) -> Result<Self, BpfError> {
         // SAFETY: a shared mapping of a BPF_F_MMAPABLE array from offset 0, no longer than the
         // array's data; the result is checked before use.
         let address = unsafe {
@@ -740,41 +749,87 @@ impl Counters {
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                map.map().fd().as_fd().as_raw_fd(),
+                map.fd().as_fd().as_raw_fd(),
                 0,
             )
         };
         if address == libc::MAP_FAILED {
-            return Err(map_err(MAP_COUNTS)(MapError::SyscallError(
+            return Err(map_err(name)(MapError::SyscallError(
                 aya::sys::SyscallError {
                     call: "mmap",
                     io_error: io::Error::last_os_error(),
                 },
             )));
         }
-        let base = std::ptr::NonNull::new(address.cast::<u64>())
-            .ok_or(BpfError::MissingMap(MAP_COUNTS))?;
+        let base =
+            std::ptr::NonNull::new(address.cast::<u8>()).ok_or(BpfError::MissingMap(name))?;
+        Ok(Self { base, bytes })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `Mapping::new`; nothing refers to it
+        // after drop.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The counters and activity marks, mapped into the agent: a collection reads every slot with
+/// plain loads (no syscall, no copy), and a recycled slot is zeroed in place.
+struct Counters {
+    // Declared before the maps: unmapped before the maps' fds close.
+    counts: Mapping,
+    active: Mapping,
+    /// Keep the maps alive.
+    _maps: (Array<MapData, SlotCounts>, Array<MapData, u64>),
+    /// Elements per slot: the CPU stride.
+    cpus: u32,
+    /// Slots in the maps (capacity + 1).
+    slots: u32,
+}
+
+impl Counters {
+    fn map(
+        counts: Array<MapData, SlotCounts>,
+        active: Array<MapData, u64>,
+        cpus: u32,
+        slots: u32,
+    ) -> Result<Self, BpfError> {
+        use aya::maps::IterableMap as _;
+
+        let count_bytes = std::mem::size_of::<SlotCounts>() * cpus as usize * slots as usize;
+        let active_bytes = std::mem::size_of::<u64>() * slots as usize;
         Ok(Self {
-            _map: map,
-            base,
-            bytes,
+            counts: Mapping::new(counts.map(), count_bytes, MAP_COUNTS)?,
+            active: Mapping::new(active.map(), active_bytes, MAP_ACTIVE)?,
+            _maps: (counts, active),
             cpus,
             slots,
         })
     }
 
-    /// The first counter of `slot` and the number of counters it has (all CPUs).
-    fn slot_range(&self, slot: u32) -> Result<(*mut u64, usize), BpfError> {
-        if slot >= self.slots {
-            return Err(BpfError::SlotOutOfRange {
+    fn check(&self, slot: u32) -> Result<(), BpfError> {
+        if slot < self.slots {
+            Ok(())
+        } else {
+            Err(BpfError::SlotOutOfRange {
                 slot,
                 slots: self.slots,
-            });
+            })
         }
+    }
+
+    /// The first counter of `slot` and the number of counters it has (all CPUs).
+    fn slot_range(&self, slot: u32) -> Result<(*mut u64, usize), BpfError> {
+        self.check(slot)?;
         let per_slot = self.cpus as usize * SYSCALL_COLUMNS;
         let first = counter_index(slot, 0, self.cpus) as usize * SYSCALL_COLUMNS;
-        // SAFETY: `first + per_slot` is within the mapping (slot < slots).
-        Ok((unsafe { self.base.as_ptr().add(first) }, per_slot))
+        // SAFETY: `first + per_slot` counters are within the mapping (slot < slots).
+        Ok((
+            unsafe { self.counts.base.as_ptr().cast::<u64>().add(first) },
+            per_slot,
+        ))
     }
 
     fn read_slot_into(
@@ -804,13 +859,18 @@ impl Counters {
         }
         Ok(())
     }
-}
 
-impl Drop for Counters {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `Counters::map`; nothing refers to it
-        // after drop.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    /// Whether `slot` was marked active, clearing the mark.
+    fn take_active(&self, slot: u32) -> Result<bool, BpfError> {
+        self.check(slot)?;
+        // SAFETY: an aligned u64 within the mapping (slot < slots); the kernel program only
+        // ever stores 1 into it, so an atomic swap loses no mark set after it.
+        let mark = unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(
+                self.active.base.as_ptr().cast::<u64>().add(slot as usize),
+            )
+        };
+        Ok(mark.swap(0, std::sync::atomic::Ordering::Relaxed) != 0)
     }
 }
 

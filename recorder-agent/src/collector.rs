@@ -28,6 +28,8 @@ pub struct RoundStats {
     pub released: usize,
     /// Calls lost because no slot was free (since the previous round).
     pub lost_calls: u64,
+    /// Slots whose counters were read (marked active, new, or in a full sweep).
+    pub read: usize,
 }
 
 /// Non-zero counters by ascending syscall number. A slot's state is kept sparse: a cgroup
@@ -46,6 +48,11 @@ struct SlotState {
 
 /// How often (in rounds) a long-idle slot is checked for removal and re-identified.
 const IDLE_RECHECK_ROUNDS: u32 = 8;
+
+/// How often (in rounds) every slot is read, marked or not: it bounds how late the calls that
+/// were in flight when the caches were invalidated (and so left no mark) are folded, for a
+/// task that makes no further call.
+const SWEEP_ROUNDS: u32 = 60;
 
 /// The kernel counters as far as the saved profiles include them. Saved with the profiles, it
 /// lets an agent that finds its pinned counters after a restart (even after `kill -9`) add
@@ -100,6 +107,8 @@ pub struct Collector {
     slot_table: Option<(u64, Vec<(u64, u32)>)>,
     /// Where a slot's counters are read and summed; reused so it stays in cache.
     read_buffer: Totals,
+    /// Rounds until the next full sweep; 0 means this round sweeps (so does the first).
+    sweep_in: u32,
 }
 
 /// `now - before` for the non-zero columns of `now`, as sparse deltas (non-zero only) and the
@@ -147,6 +156,7 @@ impl Collector {
             pending_release: Vec::new(),
             slot_table: None,
             read_buffer: Box::new([0; SYSCALL_COLUMNS]),
+            sweep_in: 0,
         }
     }
 
@@ -203,6 +213,11 @@ impl Collector {
         }
         self.overflow_last = from_saved(&snapshot.overflow);
         true
+    }
+
+    /// Makes the next round read every slot, marked or not (a final collection).
+    pub fn sweep_next_round(&mut self) {
+        self.sweep_in = 0;
     }
 
     /// Whether slots wait for a state save before they can be given back.
@@ -270,9 +285,28 @@ impl Collector {
             cgroups: slots.len(),
             ..RoundStats::default()
         };
+        let sweep = self.sweep_in == 0;
+        self.sweep_in = if sweep {
+            SWEEP_ROUNDS - 1
+        } else {
+            self.sweep_in - 1
+        };
+        // Which slots to read: marks are taken (cleared) first, then the caches invalidated,
+        // so any call counted after the read below comes from a task that missed and marked its
+        // slot again for the next round.
+        let mut reads = Vec::with_capacity(slots.len());
+        for &(cgroup, slot) in &slots {
+            let marked = self.recorder.take_active(slot)?;
+            let known = self
+                .last
+                .get(&slot)
+                .is_some_and(|state| state.cgroup == cgroup);
+            reads.push(marked || sweep || !known);
+        }
+        self.recorder.invalidate_caches()?;
         // Deltas by slot; the identity is looked up in `last` when folding, not cloned.
         let mut updates: Vec<(u32, Sparse)> = Vec::new();
-        for (cgroup, slot) in slots {
+        for ((cgroup, slot), read) in slots.into_iter().zip(reads) {
             if self
                 .pending_release
                 .iter()
@@ -280,20 +314,27 @@ impl Collector {
             {
                 continue;
             }
-            self.recorder.read_slot_into(slot, &mut self.read_buffer)?;
-            let previous = self.last.get(&slot).filter(|state| state.cgroup == cgroup);
+            let previous = self
+                .last
+                .remove(&slot)
+                .filter(|state| state.cgroup == cgroup);
+            let (before, known, idle_before) = match previous {
+                Some(state) => (state.totals, state.identity, Some(state.idle_rounds)),
+                None => (Vec::new(), None, None),
+            };
             let mut delta = Vec::new();
-            let mut totals =
-                Vec::with_capacity(previous.map_or(64, |state| state.totals.len() + 8));
-            sparse_deltas(
-                &self.read_buffer,
-                previous.map_or(&[][..], |state| &state.totals[..]),
-                &mut delta,
-                &mut totals,
-            );
+            let totals = if read {
+                stats.read += 1;
+                self.recorder.read_slot_into(slot, &mut self.read_buffer)?;
+                let mut totals = Vec::with_capacity(before.len() + 8);
+                sparse_deltas(&self.read_buffer, &before, &mut delta, &mut totals);
+                totals
+            } else {
+                before
+            };
             let idle = delta.is_empty();
-            let idle_rounds = match previous {
-                Some(state) if idle => state.idle_rounds.saturating_add(1),
+            let idle_rounds = match idle_before {
+                Some(rounds) if idle => rounds.saturating_add(1),
                 _ => 0,
             };
             // An idle slot is checked for removal when it has just gone idle (a container that
@@ -304,22 +345,21 @@ impl Collector {
             // Active slots are identified every round (Kubernetes metadata may just have
             // arrived); idle ones on the removal schedule.
             let recheck = !idle || recheck_removal;
-            let known = previous.and_then(|state| state.identity.as_ref());
             let identity = match known {
-                Some(known) if !recheck => known.clone(),
-                _ => match self.resolver.resolve(cgroup) {
+                Some(known) if !recheck => known,
+                known => match self.resolver.resolve(cgroup) {
                     Some(path) => identify(cgroup, Some(path)),
                     None => {
                         stats.unresolved += 1;
                         // A cgroup whose directory is gone keeps the identity it had (e.g.
                         // after a restart, from the saved state) instead of becoming
                         // "unresolved".
-                        known.cloned().unwrap_or_else(|| identify(cgroup, None))
+                        known.unwrap_or_else(|| identify(cgroup, None))
                     }
                 },
             };
-            // A removed cgroup has no tasks left: this read is final (release_pending folds
-            // anything that still raced in).
+            // A removed cgroup has no tasks left: release reads its counters a last time and
+            // folds what came after this round's read.
             if recheck_removal && self.resolver.is_removed(cgroup) {
                 self.pending_release.push((cgroup, slot));
                 stats.released += 1;

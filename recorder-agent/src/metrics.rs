@@ -100,6 +100,7 @@ pub struct Metrics {
     registry: Registry,
     options: MetricsOptions,
     cgroups: IntGauge,
+    slots_read: IntGauge,
     unresolved: IntGauge,
     released: IntCounter,
     lost_calls: IntCounter,
@@ -190,6 +191,10 @@ impl Metrics {
                 "cgroups_tracked",
                 "Cgroups holding a counter slot in the kernel at the last collection.",
             )?,
+            slots_read: int_gauge(
+                "collection_slots_read",
+                "Slots whose counters the last collection read: those that counted since the round before, new ones, and all of them in a periodic sweep.",
+            )?,
             unresolved: int_gauge(
                 "cgroups_unresolved",
                 "Cgroups whose path could not be resolved at the last collection.",
@@ -279,6 +284,8 @@ impl Metrics {
             Ok(stats) => {
                 self.cgroups
                     .set(i64::try_from(stats.cgroups).unwrap_or(i64::MAX));
+                self.slots_read
+                    .set(i64::try_from(stats.read).unwrap_or(i64::MAX));
                 self.unresolved
                     .set(i64::try_from(stats.unresolved).unwrap_or(i64::MAX));
                 self.released.inc_by(stats.released as u64);

@@ -45,6 +45,12 @@ pub const SKIP_SLOT: u32 = u32::MAX;
 /// [`OVERFLOW_SLOT`]; `cpus` is the number of possible CPUs): element [`counter_index`]`(slot,
 /// cpu, cpus)` holds the counts of `slot` made on `cpu`.
 pub const MAP_COUNTS: &str = "COUNTS";
+/// `ARRAY<u64>` with `BPF_F_MMAPABLE`, `max_entries = capacity + 1`, indexed by slot (u64: array
+/// elements are 8-byte aligned, so this is also what the mapping's stride is): a cache
+/// miss of a task that counts in the slot sets it to 1. Each round the agent clears the marks,
+/// bumps the generation (so every task that goes on counting misses once more and marks its
+/// slot again) and reads only marked slots: a round costs what the cgroups that ran cost.
+pub const MAP_ACTIVE: &str = "ACTIVE";
 /// `HASH<u64 cgroup id, u32 slot>`, `max_entries = capacity`.
 pub const MAP_CGROUP_SLOTS: &str = "CGROUP_SLOTS";
 /// `QUEUE<u32 slot>`, `max_entries = capacity`: the slots no cgroup holds.
@@ -61,8 +67,9 @@ pub const MAP_STATS: &str = "STATS";
 /// Every map of the object. The agent pins them all (a program left attached across an agent
 /// restart keeps writing the maps it was loaded with, so any map user space reads must be the
 /// pinned one); it refuses to pin a set that misses a map of the object.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_COUNTS,
+    MAP_ACTIVE,
     MAP_CGROUP_SLOTS,
     MAP_FREE_SLOTS,
     MAP_GENERATION,
@@ -76,7 +83,7 @@ pub const ALL_MAPS: [&str; 8] = [
 pub const ABI_VERSION: u32 = 4;
 
 /// Maps whose `max_entries` the agent sets at load time from its capacity.
-pub const CAPACITY_MAPS: [&str; 3] = [MAP_COUNTS, MAP_CGROUP_SLOTS, MAP_FREE_SLOTS];
+pub const CAPACITY_MAPS: [&str; 4] = [MAP_COUNTS, MAP_ACTIVE, MAP_CGROUP_SLOTS, MAP_FREE_SLOTS];
 
 /// Program on the raw tracepoint `sys_enter`: the counter.
 pub const PROG_SYS_ENTER: &str = "sys_enter";

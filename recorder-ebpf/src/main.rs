@@ -36,6 +36,8 @@ use recorder_ebpf::{
 #[map]
 static COUNTS: Array<SlotCounts> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 #[map]
+static ACTIVE: Array<u64> = Array::with_max_entries(2, BPF_F_MMAPABLE);
+#[map]
 static CGROUP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(1, 0);
 #[map]
 static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(1, 0);
@@ -154,6 +156,15 @@ fn find_counter() -> Result<u32, Stat> {
     // stays the one whose cache entry this fills.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let slot = find_slot()?;
+    if let Some(active) = ACTIVE.get_ptr_mut(slot) {
+        // SAFETY: a valid map value. Written only when clear: most misses find the mark set,
+        // and a read keeps the line shared between CPUs where a write would bounce it.
+        unsafe {
+            if ptr::read_volatile(active) == 0 {
+                ptr::write_volatile(active, 1);
+            }
+        }
+    }
     Ok(counter_index(slot, cpu, config.cpus))
 }
 
