@@ -673,3 +673,108 @@ fn max_series_below_100_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-series"));
 }
+
+/// A round reads only the slots that counted since the round before (the kernel marks them):
+/// idle cgroups cost a collection nothing, and a cgroup that wakes up is read at once, not at
+/// the next full sweep (every 60 rounds, 12 s at this interval).
+#[test]
+fn idle_cgroups_are_not_read_and_are_read_again_when_they_wake_up() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&[]).expect("agent");
+    let cgroups: Vec<TestCgroup> = (0..20)
+        .map(|i| TestCgroup::new(&format!("idle-{i}")).expect("cgroup"))
+        .collect();
+    for cgroup in &cgroups {
+        cgroup.run("busybox", &["uname"]).expect("uname");
+    }
+    for cgroup in &cgroups {
+        agent
+            .wait_profile("first uname", |p| {
+                p["workload"] == cgroup.rel.as_str() && count(p, "uname") == 1
+            })
+            .expect("profile");
+    }
+    // The 20 now hold slots without counting: a round that is not a sweep skips them (the
+    // host's other cgroups may be read).
+    let (tracked, read) = poll(
+        "a round that skips the idle slots",
+        Duration::from_secs(15),
+        || {
+            let (_, body) = http(agent.addr, "GET", "/metrics").ok()?;
+            let tracked = sample(&body, "syscall_recorder_cgroups_tracked ")?;
+            let read = sample(&body, "syscall_recorder_collection_slots_read ")?;
+            (tracked >= 20.0 && read + 20.0 <= tracked).then_some((tracked, read))
+        },
+    )
+    .expect("idle slots skipped");
+    eprintln!("a round read {read} of {tracked} slots");
+    // Each wake-up is folded within a few rounds: a 3 s deadline three times over cannot be
+    // met by sweeps alone.
+    for (round, cgroup) in cgroups.iter().step_by(7).enumerate() {
+        cgroup.run("busybox", &["uname"]).expect("uname");
+        let deadline = Duration::from_secs(3);
+        let path = format!(
+            "/api/v1/profiles/_/Cgroup/{}/_",
+            cgroup.rel.replace('/', "%2F")
+        );
+        poll("the woken cgroup's count", deadline, || {
+            let (_, profile) = get_json(agent.addr, &path).ok()?;
+            (count(&profile, "uname") == 2).then_some(())
+        })
+        .unwrap_or_else(|err| panic!("wake-up {round} ({}): {err:#}", cgroup.rel));
+    }
+}
+
+/// `kernel.bpf_stats_enabled` turned on, and restored on drop.
+struct BpfStatsOn {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsOn {
+    fn new() -> Self {
+        let previous = fs::read_to_string(BPF_STATS).expect("reading bpf_stats_enabled");
+        fs::write(BPF_STATS, "1").expect("turning bpf_stats_enabled on");
+        Self { previous }
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.previous.trim());
+    }
+}
+
+/// While the kernel keeps run statistics, the agent exports its programs' runs and time (a
+/// freshly attached program as much as one a previous agent left attached).
+#[test]
+fn bpf_program_run_statistics_are_exported_while_the_kernel_keeps_them() {
+    if !privileged() {
+        return;
+    }
+    let _stats = BpfStatsOn::new();
+    let agent = Agent::start(&[]).expect("agent");
+    let cgroup = TestCgroup::new("bpf-stats").expect("cgroup");
+    cgroup.run("busybox", &["uname"]).expect("uname");
+    let (runs, seconds) = poll("sys_enter run statistics", Duration::from_secs(15), || {
+        let (_, body) = http(agent.addr, "GET", "/metrics").ok()?;
+        let enabled = sample(&body, "syscall_recorder_bpf_stats_enabled ")?;
+        let runs = sample(
+            &body,
+            "syscall_recorder_bpf_program_runs_total{program=\"sys_enter\"} ",
+        )?;
+        let seconds = sample(
+            &body,
+            "syscall_recorder_bpf_program_run_seconds_total{program=\"sys_enter\"} ",
+        )?;
+        (enabled == 1.0 && runs > 0.0 && seconds > 0.0).then_some((runs, seconds))
+    })
+    .expect("run statistics");
+    eprintln!(
+        "sys_enter: {runs} runs, {:.1} ns each",
+        seconds * 1e9 / runs
+    );
+}
