@@ -613,15 +613,25 @@ fn footprint(agent: &Path, n: usize) -> anyhow::Result<()> {
         let seconds = started.elapsed().as_secs_f64();
         let mut status = String::new();
         fs::File::open(format!("/proc/{pid}/status"))?.read_to_string(&mut status)?;
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
         println!("\n### Agent footprint ({n} live cgroups, 1 s interval, release build)\n");
-        println!("| RSS | CPU (share of one core, over {seconds:.0} s) |");
-        println!("|---|---|");
-        println!("| {rss} | {:.2} % |", used / seconds * 100.0);
+        println!(
+            "| RSS | of which private (RssAnon) | of which mapped (RssFile: the kernel's counters, mapped) | CPU (share of one core, over {seconds:.0} s) |"
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| {} | {} | {} | {:.2} % |",
+            field("VmRSS:"),
+            field("RssAnon:"),
+            field("RssFile:"),
+            used / seconds * 100.0
+        );
         Ok(())
     })();
     let _ = agent_child.kill();
