@@ -870,7 +870,10 @@ impl Counters {
                 self.active.base.as_ptr().cast::<u64>().add(slot as usize),
             )
         };
-        Ok(mark.swap(0, std::sync::atomic::Ordering::Relaxed) != 0)
+        // Most slots are idle: a load leaves their line shared with the CPUs whose misses read
+        // it, where an unconditional swap would take it exclusive every round.
+        Ok(mark.load(std::sync::atomic::Ordering::Relaxed) != 0
+            && mark.swap(0, std::sync::atomic::Ordering::Relaxed) != 0)
     }
 }
 
