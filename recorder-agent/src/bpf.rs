@@ -576,6 +576,8 @@ impl Recorder {
 
     /// Invalidates every CPU's cached slots.
     pub fn invalidate_caches(&mut self) -> Result<(), BpfError> {
+        // The marks taken before must be cleared before any CPU can see the new generation.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         self.bump_generation()
     }
 
@@ -753,16 +755,17 @@ impl Mapping {
                 0,
             )
         };
+        let failed = |io_error: io::Error| {
+            map_err(name)(MapError::SyscallError(aya::sys::SyscallError {
+                call: "mmap (needs BPF_F_MMAPABLE arrays, Linux 5.5+)",
+                io_error,
+            }))
+        };
         if address == libc::MAP_FAILED {
-            return Err(map_err(name)(MapError::SyscallError(
-                aya::sys::SyscallError {
-                    call: "mmap",
-                    io_error: io::Error::last_os_error(),
-                },
-            )));
+            return Err(failed(io::Error::last_os_error()));
         }
-        let base =
-            std::ptr::NonNull::new(address.cast::<u8>()).ok_or(BpfError::MissingMap(name))?;
+        let base = std::ptr::NonNull::new(address.cast::<u8>())
+            .ok_or_else(|| failed(io::Error::other("mapped at address 0")))?;
         Ok(Self { base, bytes })
     }
 }
@@ -775,7 +778,7 @@ impl Drop for Mapping {
     }
 }
 
-/// The counters and activity marks, mapped into the agent: a collection reads every slot with
+/// The counters and activity marks, mapped into the agent: a collection reads a slot with
 /// plain loads (no syscall, no copy), and a recycled slot is zeroed in place.
 struct Counters {
     // Declared before the maps: unmapped before the maps' fds close.
@@ -870,10 +873,10 @@ impl Counters {
                 self.active.base.as_ptr().cast::<u64>().add(slot as usize),
             )
         };
-        // Most slots are idle: a load leaves their line shared with the CPUs whose misses read
-        // it, where an unconditional swap would take it exclusive every round.
+        // Most slots are idle: a load leaves their line alone, where an unconditional swap
+        // would take it exclusive every round.
         Ok(mark.load(std::sync::atomic::Ordering::Relaxed) != 0
-            && mark.swap(0, std::sync::atomic::Ordering::Relaxed) != 0)
+            && mark.swap(0, std::sync::atomic::Ordering::SeqCst) != 0)
     }
 }
 

@@ -1,5 +1,5 @@
-//! One collection round: read every slot's counters, turn them into deltas since the last
-//! round, attribute each cgroup to an identity, fold the deltas into the profile store, and
+//! One collection round: read the counters of every slot that counted since the last round
+//! (and of all slots in a periodic sweep), turn them into deltas since the last read, attribute each cgroup to an identity, fold the deltas into the profile store, and
 //! give the slots of removed cgroups back to the kernel.
 
 use std::{
@@ -279,6 +279,20 @@ impl Collector {
         now: SystemTime,
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
+        let result = self.round(store, now, identify);
+        if result.is_err() {
+            // Marks taken by a round that did not finish are gone: the next round reads all.
+            self.sweep_in = 0;
+        }
+        result
+    }
+
+    fn round(
+        &mut self,
+        store: &std::sync::RwLock<ProfileStore>,
+        now: SystemTime,
+        identify: &dyn Fn(u64, Option<&str>) -> Identity,
+    ) -> Result<RoundStats, BpfError> {
         self.resolver.begin_round();
         let slots = self.slot_table()?;
         let mut stats = RoundStats {
@@ -306,6 +320,7 @@ impl Collector {
         self.recorder.invalidate_caches()?;
         // Deltas by slot; the identity is looked up in `last` when folding, not cloned.
         let mut updates: Vec<(u32, Sparse)> = Vec::new();
+        let mut failure = None;
         for ((cgroup, slot), read) in slots.into_iter().zip(reads) {
             if self
                 .pending_release
@@ -313,6 +328,16 @@ impl Collector {
                 .any(|(_, pending)| *pending == slot)
             {
                 continue;
+            }
+            // The fallible read first, and a failure skips only this slot: its state stays as
+            // it was (a slot without state would count all its totals again), and what the
+            // other slots read is still folded.
+            if read {
+                if let Err(err) = self.recorder.read_slot_into(slot, &mut self.read_buffer) {
+                    failure.get_or_insert(err);
+                    continue;
+                }
+                stats.read += 1;
             }
             let previous = self
                 .last
@@ -324,8 +349,6 @@ impl Collector {
             };
             let mut delta = Vec::new();
             let totals = if read {
-                stats.read += 1;
-                self.recorder.read_slot_into(slot, &mut self.read_buffer)?;
                 let mut totals = Vec::with_capacity(before.len() + 8);
                 sparse_deltas(&self.read_buffer, &before, &mut delta, &mut totals);
                 totals
@@ -377,18 +400,26 @@ impl Collector {
                 },
             );
         }
-        self.recorder
-            .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)?;
-        let (mut lost, mut overflow) = (Vec::new(), Vec::new());
-        sparse_deltas(
-            &self.read_buffer,
-            &self.overflow_last,
-            &mut lost,
-            &mut overflow,
-        );
-        stats.lost_calls = lost.iter().map(|(_, calls)| calls).sum();
-        self.lost_total = self.lost_total.saturating_add(stats.lost_calls);
-        self.overflow_last = overflow;
+        match self
+            .recorder
+            .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)
+        {
+            Ok(()) => {
+                let (mut lost, mut overflow) = (Vec::new(), Vec::new());
+                sparse_deltas(
+                    &self.read_buffer,
+                    &self.overflow_last,
+                    &mut lost,
+                    &mut overflow,
+                );
+                stats.lost_calls = lost.iter().map(|(_, calls)| calls).sum();
+                self.lost_total = self.lost_total.saturating_add(stats.lost_calls);
+                self.overflow_last = overflow;
+            }
+            Err(err) => {
+                failure.get_or_insert(err);
+            }
+        }
 
         let mut store = store
             .write()
@@ -402,7 +433,10 @@ impl Collector {
                 store.add_sparse(identity, self.arch, &delta, now);
             }
         }
-        Ok(stats)
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(stats),
+        }
     }
 }
 

@@ -157,13 +157,11 @@ fn find_counter() -> Result<u32, Stat> {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let slot = find_slot()?;
     if let Some(active) = ACTIVE.get_ptr_mut(slot) {
-        // SAFETY: a valid map value. Written only when clear: most misses find the mark set,
-        // and a read keeps the line shared between CPUs where a write would bounce it.
-        unsafe {
-            if ptr::read_volatile(active) == 0 {
-                ptr::write_volatile(active, 1);
-            }
-        }
+        // SAFETY: a valid map value. Always stored, never read first: on a weakly ordered CPU
+        // a read could still see the mark the agent has just taken (before this miss saw the
+        // new generation) and skip the store. A store cannot pass the generation load it
+        // depends on, so the mark set here survives the take that made this miss happen.
+        unsafe { ptr::write_volatile(active, 1) };
     }
     Ok(counter_index(slot, cpu, config.cpus))
 }
