@@ -176,7 +176,7 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
             let started = Instant::now();
             let round = collector.collect(&store, SystemTime::now(), &identify)?;
             times.push(started.elapsed());
-            active = round.cgroups;
+            active = round.read;
         }
         let steady = median(times);
         // The kernel side of a round alone: the slot table and every slot's counters.
