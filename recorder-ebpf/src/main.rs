@@ -102,34 +102,37 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     let task: u64 = ctx.arg(0);
     let generation = generation();
     let cache = CACHE.get_ptr_mut(0).ok_or(Stat(STAT_MAP_ERROR))?;
-    // The masks are no-ops for the indexes but prove the bounds to the verifier.
+    // The masks are no-ops for the indexes but prove the bounds to the verifier. The second
+    // place is only computed when the first does not hold the task.
     let first = cache_index(task) & (CACHE_ENTRIES - 1);
-    let second = cache_index_alt(task) & (CACHE_ENTRIES - 1);
     // SAFETY: per-CPU map value; this program owns this CPU's copy while it runs, and both
     // indexes are in bounds.
     let counter = unsafe {
         let a: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[first]);
-        let b: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[second]);
         if (*a).task == task && (*a).generation == generation {
             (*a).counter
-        } else if (*b).task == task && (*b).generation == generation {
-            (*b).counter
         } else {
-            let counter = find_counter()?;
-            // Take the first place unless another live task holds it and the second is
-            // free (stale): a pair colliding in one place then settles into both.
-            let victim = if (*a).generation == generation && (*b).generation != generation {
-                b
+            let second = cache_index_alt(task) & (CACHE_ENTRIES - 1);
+            let b: *mut CacheEntry = ptr::addr_of_mut!((*cache).entries[second]);
+            if (*b).task == task && (*b).generation == generation {
+                (*b).counter
             } else {
-                a
-            };
-            *victim = CacheEntry {
-                task,
-                generation,
-                counter,
-                _pad: 0,
-            };
-            counter
+                let counter = find_counter()?;
+                // Take the first place unless another live task holds it and the second is
+                // free (stale): a pair colliding in one place then settles into both.
+                let victim = if (*a).generation == generation && (*b).generation != generation {
+                    b
+                } else {
+                    a
+                };
+                *victim = CacheEntry {
+                    task,
+                    generation,
+                    counter,
+                    _pad: 0,
+                };
+                counter
+            }
         }
     };
     if counter == SKIP_SLOT {
