@@ -101,7 +101,8 @@ pub struct Collector {
     lost_total: u64,
     /// Removed cgroups whose final counts are folded but not yet saved: their slots are given
     /// back only after the next state save, so a crash cannot lose those counts.
-    pending_release: Vec<(u64, u32)>,
+    /// Slot → cgroup: looked up for every slot of every round.
+    pending_release: HashMap<u32, u64>,
     /// The slot table as last read, with the kernel's allocation count at that time: iterating
     /// the hash map costs two syscalls per cgroup, so it is re-read only when that count moved.
     slot_table: Option<(u64, Vec<(u64, u32)>)>,
@@ -153,24 +154,21 @@ impl Collector {
             last: HashMap::new(),
             overflow_last: Vec::new(),
             lost_total: 0,
-            pending_release: Vec::new(),
+            pending_release: HashMap::new(),
             slot_table: None,
             read_buffer: Box::new([0; SYSCALL_COLUMNS]),
             sweep_in: 0,
         }
     }
 
-    /// The (cgroup, slot) pairs, from the cache when no slot was handed out since.
-    fn slot_table(&mut self) -> Result<Vec<(u64, u32)>, BpfError> {
+    /// The (cgroup, slot) pairs with the allocation count they were read at, taken out of the
+    /// cache when no slot was handed out since (the round puts them back).
+    fn take_slot_table(&mut self) -> Result<(u64, Vec<(u64, u32)>), BpfError> {
         let allocated = self.recorder.slots_allocated()?;
-        if let Some((seen, table)) = &self.slot_table
-            && *seen == allocated
-        {
-            return Ok(table.clone());
+        match self.slot_table.take() {
+            Some((seen, table)) if seen == allocated => Ok((seen, table)),
+            _ => Ok((allocated, self.recorder.slots()?)),
         }
-        let table = self.recorder.slots()?;
-        self.slot_table = Some((allocated, table.clone()));
-        Ok(table)
     }
 
     /// What the saved profiles include of the kernel counters (save it with them).
@@ -232,12 +230,21 @@ impl Collector {
         store: &std::sync::RwLock<ProfileStore>,
         now: SystemTime,
     ) -> Result<usize, BpfError> {
-        let pending = std::mem::take(&mut self.pending_release);
+        let mut pending: Vec<(u32, u64)> = self.pending_release.drain().collect();
         self.slot_table = None;
         let mut updates = Vec::new();
-        for (cgroup, slot) in &pending {
-            let last = self.recorder.release(*cgroup, *slot)?;
-            if let Some(state) = self.last.remove(slot) {
+        let mut released = 0;
+        let mut failure = None;
+        for &(slot, cgroup) in &pending {
+            let last = match self.recorder.release(cgroup, slot) {
+                Ok(last) => last,
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            };
+            released += 1;
+            if let Some(state) = self.last.remove(&slot) {
                 let (mut delta, mut totals) = (Vec::new(), Vec::new());
                 sparse_deltas(&last, &state.totals, &mut delta, &mut totals);
                 if let Some(identity) = state.identity
@@ -246,15 +253,21 @@ impl Collector {
                     updates.push((identity, delta));
                 }
             }
-            self.resolver.forget(*cgroup);
+            self.resolver.forget(cgroup);
         }
+        // What was released is folded even when a later release failed; the rest waits for
+        // the next save.
+        self.pending_release.extend(pending.drain(released..));
         let mut store = store
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (identity, delta) in updates {
             store.add_sparse(&identity, self.arch, &delta, now);
         }
-        Ok(pending.len())
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(released),
+        }
     }
 
     /// The recorder, read-only (capacity, statistics); slots change only through the collector.
@@ -294,7 +307,7 @@ impl Collector {
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
         self.resolver.begin_round();
-        let slots = self.slot_table()?;
+        let (allocated, slots) = self.take_slot_table()?;
         let mut stats = RoundStats {
             cgroups: slots.len(),
             ..RoundStats::default()
@@ -308,27 +321,24 @@ impl Collector {
         // Which slots to read: marks are taken (cleared) first, then the caches invalidated,
         // so any call counted after the read below comes from a task that missed and marked its
         // slot again for the next round.
-        let mut reads = Vec::with_capacity(slots.len());
-        for &(cgroup, slot) in &slots {
-            let marked = self.recorder.take_active(slot)?;
-            let known = self
-                .last
-                .get(&slot)
-                .is_some_and(|state| state.cgroup == cgroup);
-            reads.push(marked || sweep || !known);
-        }
+        let marks = slots
+            .iter()
+            .map(|&(_, slot)| self.recorder.take_active(slot))
+            .collect::<Result<Vec<bool>, _>>()?;
         self.recorder.invalidate_caches()?;
         // Deltas by slot; the identity is looked up in `last` when folding, not cloned.
         let mut updates: Vec<(u32, Sparse)> = Vec::new();
         let mut failure = None;
-        for ((cgroup, slot), read) in slots.into_iter().zip(reads) {
-            if self
-                .pending_release
-                .iter()
-                .any(|(_, pending)| *pending == slot)
-            {
+        for (&(cgroup, slot), marked) in slots.iter().zip(marks) {
+            if self.pending_release.contains_key(&slot) {
                 continue;
             }
+            // A slot new to us (or to its cgroup) is read whatever its mark says.
+            let known = self
+                .last
+                .get(&slot)
+                .is_some_and(|state| state.cgroup == cgroup);
+            let read = marked || sweep || !known;
             // The fallible read first, and a failure skips only this slot: its state stays as
             // it was (a slot without state would count all its totals again), and what the
             // other slots read is still folded.
@@ -384,7 +394,7 @@ impl Collector {
             // A removed cgroup has no tasks left: release reads its counters a last time and
             // folds what came after this round's read.
             if recheck_removal && self.resolver.is_removed(cgroup) {
-                self.pending_release.push((cgroup, slot));
+                self.pending_release.insert(slot, cgroup);
                 stats.released += 1;
             }
             if !idle {
@@ -400,6 +410,7 @@ impl Collector {
                 },
             );
         }
+        self.slot_table = Some((allocated, slots));
         match self
             .recorder
             .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)
