@@ -223,7 +223,7 @@ impl Delivery {
         let changed: Vec<Profile> = store
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
+            .values()
             .filter(|profile| self.needs_write(profile))
             .cloned()
             .collect();

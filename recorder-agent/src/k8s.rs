@@ -418,6 +418,9 @@ impl PodIndex {
 struct Attributed {
     identity: Identity,
     workload: bool,
+    /// The container id of the cgroup's path, empty for none: with no id and no workload the
+    /// identity is final; with an id, the pod may still arrive.
+    container: String,
     seen: Instant,
 }
 
@@ -451,50 +454,58 @@ impl Attribution {
             .attributed
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = attributed.get_mut(&id)
-            && known.workload
-        {
+        // Known cgroups are answered from what is stored; only one that waits for its pod
+        // asks the index again.
+        if let Some(known) = attributed.get_mut(&id) {
             known.seen = now;
-            return known.identity.clone();
+            if known.workload || known.container.is_empty() {
+                return known.identity.clone();
+            }
+            let Some(identity) = self.workload_of(&known.container) else {
+                return known.identity.clone();
+            };
+            let previous = std::mem::replace(&mut known.identity, identity.clone());
+            known.workload = true;
+            self.renames
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((previous, identity.clone()));
+            return identity;
         }
         let Some(path) = path else {
             // Shared by every unresolved cgroup: never tracked, never renamed.
             return Identity::unresolved();
         };
-        let container = match cgroup::classify(path) {
+        let kind = cgroup::classify(path);
+        let container = match &kind {
             CgroupKind::PodContainer { container_id, .. }
-            | CgroupKind::Container { container_id, .. } => container_id,
+            | CgroupKind::Container { container_id, .. } => container_id.clone(),
             CgroupKind::RuntimeHelper | CgroupKind::Other => String::new(),
         };
-        let workload = if container.is_empty() {
-            None
-        } else {
-            self.index
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .identity(&container)
-        };
-        let (identity, is_workload) = match workload {
-            Some(identity) => (identity, true),
-            None => (Identity::from_cgroup_path(path), false),
-        };
-        let previous = attributed.insert(
+        let workload = self.workload_of(&container);
+        let is_workload = workload.is_some();
+        let identity = workload.unwrap_or_else(|| Identity::from_cgroup_kind(kind, path));
+        attributed.insert(
             id,
             Attributed {
                 identity: identity.clone(),
                 workload: is_workload,
+                container,
                 seen: now,
             },
         );
-        if let Some(previous) = previous
-            && previous.identity != identity
-        {
-            self.renames
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((previous.identity, identity.clone()));
-        }
         identity
+    }
+
+    /// The workload identity of a container id from the pod index (`None` for an empty id).
+    fn workload_of(&self, container: &str) -> Option<Identity> {
+        if container.is_empty() {
+            return None;
+        }
+        self.index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .identity(container)
     }
 
     /// Merges the profiles of cgroups whose identity changed this round into their new

@@ -42,7 +42,12 @@ impl Identity {
     /// a kubelet pod container → `Pod`, another runtime's container → `Container`, anything
     /// else → `Cgroup` with the path (`/` for the root).
     pub fn from_cgroup_path(path: &str) -> Self {
-        match cgroup::classify(path) {
+        Self::from_cgroup_kind(cgroup::classify(path), path)
+    }
+
+    /// Like [`from_cgroup_path`](Self::from_cgroup_path) for a path already classified.
+    pub fn from_cgroup_kind(kind: CgroupKind, path: &str) -> Self {
+        match kind {
             CgroupKind::PodContainer {
                 pod_uid,
                 container_id,
@@ -215,6 +220,21 @@ pub struct Baseline {
     pub since: SystemTime,
 }
 
+/// Adds `delta` to `name`'s count; returns whether `name` was new. Allocates the key only
+/// when it is.
+fn add_to(counts: &mut BTreeMap<String, u64>, name: &str, delta: u64) -> bool {
+    match counts.get_mut(name) {
+        Some(count) => {
+            *count = count.saturating_add(delta);
+            false
+        }
+        None => {
+            counts.insert(name.to_owned(), delta);
+            true
+        }
+    }
+}
+
 impl Profile {
     /// An empty profile first seen at `now`.
     pub fn new(identity: Identity, now: SystemTime) -> Self {
@@ -262,8 +282,7 @@ impl Profile {
         if baseline.syscalls.contains(name) {
             return;
         }
-        let count = self.unexpected_syscalls.entry(name.to_owned()).or_insert(0);
-        *count = count.saturating_add(delta);
+        add_to(&mut self.unexpected_syscalls, name, delta);
     }
 
     /// Adds per-number counter deltas (`deltas[nr]`); returns whether a new syscall appeared.
@@ -308,16 +327,7 @@ impl Profile {
     }
 
     fn add_named(&mut self, name: &str, delta: u64) -> bool {
-        match self.syscalls.get_mut(name) {
-            Some(count) => {
-                *count = count.saturating_add(delta);
-                false
-            }
-            None => {
-                self.syscalls.insert(name.to_owned(), delta);
-                true
-            }
-        }
+        add_to(&mut self.syscalls, name, delta)
     }
 
     fn touch(&mut self, now: SystemTime, grew: bool) {
@@ -347,8 +357,7 @@ impl Profile {
             self.baseline = other.baseline.clone();
         }
         for (name, &count) in &other.unexpected_syscalls {
-            let entry = self.unexpected_syscalls.entry(name.clone()).or_insert(0);
-            *entry = entry.saturating_add(count);
+            add_to(&mut self.unexpected_syscalls, name, count);
         }
         if let Some(baseline) = &self.baseline {
             self.unexpected_syscalls
@@ -400,15 +409,26 @@ impl ProfileStore {
         if deltas.iter().all(|&delta| delta == 0) {
             return false;
         }
-        // No key clone for the common case of an existing profile.
+        self.with_profile(identity, now, |profile| {
+            profile.add_counts(arch, deltas, now)
+        })
+    }
+
+    /// Runs `f` on `identity`'s profile, created (first seen `now`) if missing: one lookup
+    /// and no key clone for the common case of an existing profile.
+    fn with_profile<R>(
+        &mut self,
+        identity: &Identity,
+        now: SystemTime,
+        f: impl FnOnce(&mut Profile) -> R,
+    ) -> R {
         if let Some(profile) = self.profiles.get_mut(identity) {
-            return profile.add_counts(arch, deltas, now);
+            return f(profile);
         }
-        let profile = self
+        f(self
             .profiles
             .entry(identity.clone())
-            .or_insert_with(|| Profile::new(identity.clone(), now));
-        profile.add_counts(arch, deltas, now)
+            .or_insert_with(|| Profile::new(identity.clone(), now)))
     }
 
     /// Like [`add_counts`](Self::add_counts) with sparse `(nr, delta)` pairs.
@@ -422,14 +442,9 @@ impl ProfileStore {
         if deltas.iter().all(|&(_, delta)| delta == 0) {
             return false;
         }
-        if let Some(profile) = self.profiles.get_mut(identity) {
-            return profile.add_sparse(arch, deltas, now);
-        }
-        let profile = self
-            .profiles
-            .entry(identity.clone())
-            .or_insert_with(|| Profile::new(identity.clone(), now));
-        profile.add_sparse(arch, deltas, now)
+        self.with_profile(identity, now, |profile| {
+            profile.add_sparse(arch, deltas, now)
+        })
     }
 
     /// Inserts a profile, merging with an existing one of the same identity.
@@ -489,6 +504,11 @@ impl ProfileStore {
     /// One profile.
     pub fn get(&self, identity: &Identity) -> Option<&Profile> {
         self.profiles.get(identity)
+    }
+
+    /// Every profile in no particular order: for whoever does not need the sort.
+    pub fn values(&self) -> impl Iterator<Item = &Profile> {
+        self.profiles.values()
     }
 
     /// All profiles, ordered by identity.
