@@ -343,11 +343,6 @@ impl Resolver {
         }
     }
 
-    /// The cgroup2 mount point.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Allows one more rescan (call once per collection).
     pub fn begin_round(&mut self) {
         self.rescanned = false;

@@ -53,7 +53,8 @@ fn get_ok(server: &Server, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Writes `bytes` to `output` atomically, or to stdout.
-fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes `bytes` to `output` atomically, or to stdout.
+pub(crate) fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     match output {
         Some(path) => state::write_atomic(path, bytes)?,
         None => {
@@ -65,7 +66,8 @@ fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pretty(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
+/// Pretty JSON with a final newline.
+pub(crate) fn pretty(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
     Ok(bytes)

@@ -131,12 +131,7 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, CompareError> {
             syscalls: if names.is_empty() {
                 Vec::new()
             } else {
-                vec![OciSyscallRule {
-                    names,
-                    action: "SCMP_ACT_ALLOW".to_owned(),
-                    errno_ret: None,
-                    args: Vec::new(),
-                }]
+                vec![OciSyscallRule::allow(names)]
             },
         };
         (FileFormat::Recorder, oci)
@@ -261,7 +256,7 @@ pub fn merge(policies: &[Policy]) -> Result<OciSeccomp, CompareError> {
     let mut unconditional = BTreeSet::new();
     for policy in policies {
         for rule in &policy.oci.syscalls {
-            if rule.action == "SCMP_ACT_ALLOW" && rule.args.is_empty() {
+            if rule.is_unconditional_allow() {
                 unconditional.extend(rule.names.iter().cloned());
             }
         }
@@ -278,12 +273,9 @@ pub fn merge(policies: &[Policy]) -> Result<OciSeccomp, CompareError> {
         syscalls: Vec::new(),
     };
     if !unconditional.is_empty() {
-        merged.syscalls.push(OciSyscallRule {
-            names: unconditional.iter().cloned().collect(),
-            action: "SCMP_ACT_ALLOW".to_owned(),
-            errno_ret: None,
-            args: Vec::new(),
-        });
+        merged.syscalls.push(OciSyscallRule::allow(
+            unconditional.iter().cloned().collect(),
+        ));
     }
     for policy in policies {
         for arch in &policy.oci.architectures {
@@ -297,7 +289,7 @@ pub fn merge(policies: &[Policy]) -> Result<OciSeccomp, CompareError> {
             }
         }
         for rule in &policy.oci.syscalls {
-            if rule.action == "SCMP_ACT_ALLOW" && rule.args.is_empty() {
+            if rule.is_unconditional_allow() {
                 continue;
             }
             let names: Vec<String> = rule

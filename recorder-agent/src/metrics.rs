@@ -498,6 +498,17 @@ pub(crate) fn escape(value: &str) -> String {
     out
 }
 
+/// The four identity labels of a workload's series (also its PromQL selector).
+pub(crate) fn identity_labels(identity: &Identity) -> String {
+    format!(
+        "namespace=\"{}\",workload_kind=\"{}\",workload=\"{}\",container=\"{}\"",
+        escape(&identity.namespace),
+        escape(&identity.workload_kind),
+        escape(&identity.workload),
+        escape(&identity.container)
+    )
+}
+
 fn family_header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -511,6 +522,13 @@ fn unix_seconds(time: Option<SystemTime>) -> f64 {
 /// A per-workload gauge: name suffix, help, value.
 type GaugeSpec = (&'static str, &'static str, fn(&Group<'_>) -> f64);
 
+/// A per-workload, per-syscall counter family: name suffix, help, the counts it shows.
+type PerSyscallSpec = (
+    &'static str,
+    &'static str,
+    for<'g, 'a> fn(&'g Group<'a>) -> &'g BTreeMap<&'a str, u64>,
+);
+
 /// Appends the per-workload families.
 fn render_workloads(
     out: &mut String,
@@ -521,7 +539,8 @@ fn render_workloads(
 ) {
     let started = Instant::now();
     let mut groups: BTreeMap<Identity, Group<'_>> = BTreeMap::new();
-    for profile in store.iter() {
+    // Grouped by label set, which orders them: the store's own sort is not needed.
+    for profile in store.values() {
         let labels = metric_identity(&profile.identity, options.kubernetes);
         let group = groups.entry(labels).or_default();
         let first = group.first_seen.is_none();
@@ -554,50 +573,32 @@ fn render_workloads(
         admitted.push((Identity::new("", "", FOLDED_WORKLOAD, ""), folded));
     }
 
-    let labels: Vec<String> = admitted
-        .iter()
-        .map(|(id, _)| {
-            format!(
-                "namespace=\"{}\",workload_kind=\"{}\",workload=\"{}\",container=\"{}\"",
-                escape(&id.namespace),
-                escape(&id.workload_kind),
-                escape(&id.workload),
-                escape(&id.container)
-            )
-        })
-        .collect();
+    let labels: Vec<String> = admitted.iter().map(|(id, _)| identity_labels(id)).collect();
     let groups = || admitted.iter().map(|(_, g)| g).zip(labels.iter());
 
-    let syscalls_total = name("syscalls_total");
-    family_header(
-        out,
-        &syscalls_total,
-        "counter",
-        "Syscalls made by a workload's containers on this node, per syscall name.",
-    );
-    for (group, labels) in groups() {
-        for (syscall, count) in &group.syscalls {
-            let _ = writeln!(
-                out,
-                "{syscalls_total}{{{labels},syscall=\"{}\"}} {count}",
-                escape(syscall)
-            );
-        }
-    }
-    let unexpected = name("unexpected_syscalls_total");
-    family_header(
-        out,
-        &unexpected,
-        "counter",
-        "Drift: calls to syscalls outside the workload's profile as it stood when it became stable (or as last delivered).",
-    );
-    for (group, labels) in groups() {
-        for (syscall, count) in &group.unexpected {
-            let _ = writeln!(
-                out,
-                "{unexpected}{{{labels},syscall=\"{}\"}} {count}",
-                escape(syscall)
-            );
+    let per_syscall: [PerSyscallSpec; 2] = [
+        (
+            "syscalls_total",
+            "Syscalls made by a workload's containers on this node, per syscall name.",
+            |g| &g.syscalls,
+        ),
+        (
+            "unexpected_syscalls_total",
+            "Drift: calls to syscalls outside the workload's profile as it stood when it became stable (or as last delivered).",
+            |g| &g.unexpected,
+        ),
+    ];
+    for (suffix, help, counts) in per_syscall {
+        let family = name(suffix);
+        family_header(out, &family, "counter", help);
+        for (group, labels) in groups() {
+            for (syscall, count) in counts(group) {
+                let _ = writeln!(
+                    out,
+                    "{family}{{{labels},syscall=\"{}\"}} {count}",
+                    escape(syscall)
+                );
+            }
         }
     }
     let unknown = name("unknown_syscalls_total");

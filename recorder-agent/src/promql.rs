@@ -13,17 +13,16 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
-    path::Path,
     process::ExitCode,
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde::Deserialize;
 
 use crate::{
     api::parse_identity_path,
+    cli::{emit, pretty},
     config::{ExportArgs, ExportFormat},
     profile::{Identity, Profile},
     seccomp,
@@ -87,7 +86,6 @@ pub enum PromqlError {
 /// A Prometheus HTTP API client (instant queries).
 #[derive(Debug)]
 pub struct Prometheus {
-    base: String,
     server: crate::http_client::Server,
 }
 
@@ -131,12 +129,9 @@ impl Prometheus {
                 "this build speaks plain HTTP only; reach Prometheus over http:// (e.g. kubectl port-forward)",
             ));
         }
-        if !base.starts_with("http://") || base.len() <= "http://".len() {
-            return Err(bad("expected http://HOST:PORT"));
-        }
         let server = crate::http_client::Server::parse(&base)
             .map_err(|_| bad("expected http://HOST:PORT"))?;
-        Ok(Self { base, server })
+        Ok(Self { server })
     }
 
     /// Runs an instant query; returns its vector (a scalar becomes one label-less sample).
@@ -149,12 +144,12 @@ impl Prometheus {
             .server
             .get(&path)
             .map_err(|source| PromqlError::Unreachable {
-                url: self.base.clone(),
+                url: self.server.url().to_owned(),
                 source,
             })?;
         let body = String::from_utf8_lossy(&body).into_owned();
         let malformed = |detail: String| PromqlError::Malformed {
-            url: self.base.clone(),
+            url: self.server.url().to_owned(),
             status,
             detail,
         };
@@ -164,7 +159,7 @@ impl Prometheus {
         })?;
         if answer.status != "success" {
             return Err(PromqlError::Rejected {
-                url: self.base.clone(),
+                url: self.server.url().to_owned(),
                 status,
                 message: format!(
                     "{}: {}",
@@ -252,20 +247,10 @@ pub fn check_range(range: &str) -> Result<(), PromqlError> {
     Ok(())
 }
 
-/// A PromQL string literal: the same escapes as a label value of the text format.
-fn quote(value: &str) -> String {
-    format!("\"{}\"", crate::metrics::escape(value))
-}
-
-/// The label matchers of one workload (an empty part matches the absent label).
+/// The label matchers of one workload (an empty part matches the absent label): its series'
+/// labels, whose text-format escaping is also PromQL's.
 pub fn selector(identity: &Identity) -> String {
-    format!(
-        "namespace={},workload_kind={},workload={},container={}",
-        quote(&identity.namespace),
-        quote(&identity.workload_kind),
-        quote(&identity.workload),
-        quote(&identity.container)
-    )
+    crate::metrics::identity_labels(identity)
 }
 
 /// The queries an export sends.
@@ -368,16 +353,9 @@ pub fn cluster_profile(
         .iter()
         .filter_map(|s| s.labels.get("arch").and_then(|a| Arch::from_name(a)))
         .collect();
-    arches.sort_by_key(|a| arch_key(*a));
+    arches.sort();
     arches.dedup();
     Ok(Some(ClusterProfile { profile, arches }))
-}
-
-fn arch_key(arch: Arch) -> u8 {
-    match arch {
-        Arch::X86_64 => 0,
-        Arch::Aarch64 => 1,
-    }
 }
 
 /// The OCI profile of a cluster profile: the syscall names, the architectures of every node
@@ -394,32 +372,6 @@ pub fn oci_profile(cluster: &ClusterProfile, host: Arch) -> seccomp::OciSeccomp 
         }
     }
     oci
-}
-
-/// Writes `text` to `path` atomically (temp file in the same directory, then rename), or to
-/// stdout.
-fn write_output(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
-    let Some(path) = path else {
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(text.as_bytes())?;
-        return stdout.flush().context("writing to stdout");
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = dir.join(temp_name);
-    std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path).map_err(|err| {
-        let _ = std::fs::remove_file(&temp);
-        anyhow::Error::from(err).context(format!("writing {}", path.display()))
-    })
 }
 
 /// `recorder-agent export SELECTOR --prometheus URL [--range RANGE]`.
@@ -459,19 +411,18 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             "recorder-agent: note: {identity} ran on nodes of several architectures; the profile lists all of them"
         );
     }
-    let mut text = match args.format {
-        ExportFormat::Oci => serde_json::to_string_pretty(&oci_profile(&cluster, host))?,
-        ExportFormat::Json => serde_json::to_string_pretty(&cluster.profile)?,
+    let bytes = match args.format {
+        ExportFormat::Oci => pretty(&oci_profile(&cluster, host))?,
+        ExportFormat::Json => pretty(&cluster.profile)?,
         ExportFormat::Spo => {
             // Same names and rules as the agent's SPO export, with the architectures of every
             // node the workload ran on.
             let mut spo = crate::seccomp::spo_profile(&cluster.profile, host);
             spo.spec.architectures = oci_profile(&cluster, host).architectures;
-            serde_json::to_string_pretty(&spo)?
+            pretty(&spo)?
         }
     };
-    text.push('\n');
-    write_output(args.output.as_deref(), &text)?;
+    emit(args.output.as_deref(), &bytes)?;
     if let Some(path) = &args.output {
         eprintln!(
             "recorder-agent: {} syscalls of {identity} over {} from {url}; wrote {}",

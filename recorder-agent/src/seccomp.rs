@@ -58,6 +58,23 @@ pub struct OciSyscallRule {
     pub args: Vec<OciSyscallArg>,
 }
 
+impl OciSyscallRule {
+    /// `SCMP_ACT_ALLOW` for `names`, unconditionally.
+    pub fn allow(names: Vec<String>) -> Self {
+        Self {
+            names,
+            action: "SCMP_ACT_ALLOW".to_owned(),
+            errno_ret: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Whether the rule allows its names whatever the arguments.
+    pub fn is_unconditional_allow(&self) -> bool {
+        self.action == "SCMP_ACT_ALLOW" && self.args.is_empty()
+    }
+}
+
 /// An argument filter of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,12 +102,9 @@ pub fn oci_allow_list<'a>(names: impl IntoIterator<Item = &'a str>, arch: Arch) 
     let names: BTreeSet<&str> = names.into_iter().collect();
     let mut rules = Vec::new();
     if !names.is_empty() {
-        rules.push(OciSyscallRule {
-            names: names.iter().map(|name| (*name).to_owned()).collect(),
-            action: "SCMP_ACT_ALLOW".to_owned(),
-            errno_ret: None,
-            args: Vec::new(),
-        });
+        rules.push(OciSyscallRule::allow(
+            names.iter().map(|name| (*name).to_owned()).collect(),
+        ));
     }
     if !names.contains("clone3") {
         rules.push(OciSyscallRule {
@@ -116,7 +130,8 @@ pub fn oci_allow_list<'a>(names: impl IntoIterator<Item = &'a str>, arch: Arch) 
 }
 
 impl OciSeccomp {
-    /// The names this profile allows unconditionally (`SCMP_ACT_ALLOW` rules without args).
+    /// The names of this profile's `SCMP_ACT_ALLOW` rules (argument filters not looked at:
+    /// a name allowed for some arguments counts as allowed).
     pub fn allowed_names(&self) -> BTreeSet<&str> {
         self.syscalls
             .iter()
@@ -279,7 +294,7 @@ fn allowed_on(profile: &Profile, arch: Arch) -> impl Iterator<Item = &str> {
 
 /// The SPO resource of a profile learned on an `arch` node.
 pub fn spo_profile(profile: &Profile, arch: Arch) -> SpoSeccompProfile {
-    let oci = oci_allow_list(allowed_on(profile, arch), arch);
+    let oci = oci_profile(profile, arch);
     let identity = &profile.identity;
     let mut labels = BTreeMap::new();
     labels.insert(

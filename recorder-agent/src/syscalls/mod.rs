@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// An architecture whose syscall table the agent knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// x86_64 (its 32-bit ia32 and x32 sub-architectures share the seccomp filter).
@@ -35,22 +35,26 @@ impl Arch {
     /// The name of syscall `nr`, or `None` when this architecture has no syscall with that
     /// number (the caller counts it as unknown; a name is never invented).
     pub fn syscall_name(self, nr: usize) -> Option<&'static str> {
-        let table: &[&str] = match self {
-            Self::X86_64 => &tables::X86_64,
-            Self::Aarch64 => &tables::AARCH64,
-        };
-        table.get(nr).copied().filter(|name| !name.is_empty())
+        self.table()
+            .get(nr)
+            .copied()
+            .filter(|name| !name.is_empty())
     }
 
     /// The number of a syscall name, the inverse of [`Self::syscall_name`].
     pub fn syscall_number(self, name: &str) -> Option<usize> {
-        let table: &[&str] = match self {
+        if name.is_empty() {
+            return None;
+        }
+        self.table().iter().position(|candidate| *candidate == name)
+    }
+
+    /// Names by number; `""` where a number has no syscall.
+    fn table(self) -> &'static [&'static str] {
+        match self {
             Self::X86_64 => &tables::X86_64,
             Self::Aarch64 => &tables::AARCH64,
-        };
-        table
-            .iter()
-            .position(|candidate| !name.is_empty() && *candidate == name)
+        }
     }
 
     /// The `SCMP_ARCH_*` names a seccomp profile for this architecture lists: the native one
@@ -70,11 +74,6 @@ impl fmt::Display for Arch {
             Self::Aarch64 => "aarch64",
         })
     }
-}
-
-/// Every name of both tables, for validating names read from files.
-pub fn is_known_name(name: &str) -> bool {
-    Arch::X86_64.syscall_number(name).is_some() || Arch::Aarch64.syscall_number(name).is_some()
 }
 
 #[cfg(test)]
