@@ -3,6 +3,7 @@
 //! fails), and polling with deadlines instead of sleeps.
 
 use std::{
+    collections::BTreeSet,
     env, fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -59,29 +60,29 @@ pub fn agent_bin() -> PathBuf {
     path
 }
 
-/// The cgroup2 mount point, from mountinfo.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
-}
-
-/// Every cgroup mount (v1 controllers and v2), for cleaning up runc's leftovers.
-pub fn cgroup_mounts() -> Vec<PathBuf> {
+/// The mount points of the filesystems of type `fstypes`, from mountinfo.
+fn mounts(fstypes: &[&str]) -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let fstype = right.split_whitespace().next()?;
-            (fstype == "cgroup" || fstype == "cgroup2")
+            fstypes
+                .contains(&fstype)
                 .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
                 .flatten()
         })
         .collect()
+}
+
+/// The cgroup2 mount point, from mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    mounts(&["cgroup2"]).into_iter().next()
+}
+
+/// Every cgroup mount (v1 controllers and v2), for cleaning up runc's leftovers.
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    mounts(&["cgroup", "cgroup2"])
 }
 
 /// Polls `check` until it returns `Some` or the deadline passes.
@@ -279,11 +280,6 @@ impl Agent {
         })
     }
 
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -335,6 +331,39 @@ pub fn count(profile: &Value, syscall: &str) -> u64 {
     profile["syscalls"][syscall].as_u64().unwrap_or(0)
 }
 
+/// The sum of a profile's counts of `syscalls` (e.g. `mkdir` and `mkdirat`, which libcs pick
+/// between).
+pub fn count_any(profile: &Value, syscalls: &[&str]) -> u64 {
+    syscalls.iter().map(|syscall| count(profile, syscall)).sum()
+}
+
+/// The syscall names an OCI profile's `SCMP_ACT_ALLOW` rules list; panics on a profile
+/// without rules, so an assertion that a name is absent cannot pass on an empty profile.
+pub fn allowed(oci: &Value) -> BTreeSet<String> {
+    oci["syscalls"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|rule| rule["action"] == "SCMP_ACT_ALLOW")
+        .flat_map(|rule| rule["names"].as_array().expect("names").clone())
+        .map(|name| name.as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// Runs the agent binary with `args` (a subcommand first) to completion, stdin closed.
+pub fn agent_cli(args: &[&str]) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running recorder-agent")
+}
+
+/// A kubelet container cgroup path with the cgroupfs driver: `/kubepods/QOS/pod<uid>/<id>`.
+pub fn kubepods_path(qos: &str, pod_uid: &str, container_id: &str) -> String {
+    format!("/kubepods/{qos}/pod{pod_uid}/{container_id}")
+}
+
 /// A cgroup v2 directory made for a test, removed on drop (its processes killed first).
 #[derive(Debug)]
 pub struct TestCgroup {
@@ -354,9 +383,12 @@ impl TestCgroup {
         Ok(Self { dir, rel })
     }
 
-    /// Its cgroup id.
-    pub fn id(&self) -> u64 {
-        fs::metadata(&self.dir).map(|m| m.ino()).unwrap_or(0)
+    /// Where the agent's API serves this cgroup's profile (kind `Cgroup`, path escaped).
+    pub fn profile_path(&self) -> String {
+        format!(
+            "/api/v1/profiles/_/Cgroup/{}/_",
+            self.rel.replace('/', "%2F")
+        )
     }
 
     /// Makes `command` move itself into this cgroup before exec.

@@ -1,15 +1,15 @@
 //! `recorder-agent run`: real eBPF, test cgroups and runc containers with kubelet-style paths.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Agent, Container, TestCgroup, agent_bin, count, get_json, http, privileged, random_uid,
-    runc_lock,
+    Agent, Container, TestCgroup, agent_cli, count, count_any, get_json, http, kubepods_path,
+    privileged, random_uid, runc_lock,
 };
+
+/// Directory creation, by whichever syscall the libc uses.
+const MKDIR: &[&str] = &["mkdir", "mkdirat"];
 
 #[test]
 fn counts_per_cgroup_without_cross_talk() {
@@ -34,7 +34,7 @@ fn counts_per_cgroup_without_cross_talk() {
     }
     let pa = agent
         .wait_profile("profile of cgroup a", |p| {
-            p["workload"] == a.rel.as_str() && count(p, "mkdir") + count(p, "mkdirat") >= N
+            p["workload"] == a.rel.as_str() && count_any(p, MKDIR) >= N
         })
         .expect("a");
     let pb = agent
@@ -47,11 +47,7 @@ fn counts_per_cgroup_without_cross_talk() {
     assert_eq!(pa["container"], "");
     assert!(count(&pa, "execve") >= N, "{pa}");
     assert_eq!(count(&pa, "uname"), 0, "uname leaked into a: {pa}");
-    assert_eq!(
-        count(&pb, "mkdir") + count(&pb, "mkdirat"),
-        0,
-        "mkdir leaked into b: {pb}"
-    );
+    assert_eq!(count_any(&pb, MKDIR), 0, "mkdir leaked into b: {pb}");
     for p in [&pa, &pb] {
         for field in ["first_seen", "last_seen"] {
             let text = p[field].as_str().expect("timestamp");
@@ -62,11 +58,7 @@ fn counts_per_cgroup_without_cross_talk() {
         }
     }
     // One profile per cgroup, fetched by its identity (the path has a `/`).
-    let (status, one) = get_json(
-        agent.addr,
-        &format!("/api/v1/profiles/_/Cgroup/{}/_", a.rel.replace('/', "%2F")),
-    )
-    .expect("GET one");
+    let (status, one) = get_json(agent.addr, &a.profile_path()).expect("GET one");
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["workload"], a.rel.as_str());
 }
@@ -99,12 +91,12 @@ fn tasks_taking_turns_on_one_cpu_are_counted_exactly() {
         .expect("a");
     let pb = agent
         .wait_profile("mkdir calls of cgroup b", |p| {
-            p["workload"] == b.rel.as_str() && count(p, "mkdir") + count(p, "mkdirat") >= N
+            p["workload"] == b.rel.as_str() && count_any(p, MKDIR) >= N
         })
         .expect("b");
     assert_eq!(count(&pa, "uname"), N, "{pa}");
-    assert_eq!(count(&pa, "mkdir") + count(&pa, "mkdirat"), 0, "{pa}");
-    assert_eq!(count(&pb, "mkdir") + count(&pb, "mkdirat"), N, "{pb}");
+    assert_eq!(count_any(&pa, MKDIR), 0, "{pa}");
+    assert_eq!(count_any(&pb, MKDIR), N, "{pb}");
     assert_eq!(count(&pb, "uname"), 0, "{pb}");
 }
 
@@ -146,12 +138,12 @@ fn forked_children_of_two_cgroups_on_one_cpu_are_counted_exactly() {
         .expect("a");
     let pb = agent
         .wait_profile("mkdir calls of cgroup b", |p| {
-            p["workload"] == b.rel.as_str() && count(p, "mkdir") + count(p, "mkdirat") >= N
+            p["workload"] == b.rel.as_str() && count_any(p, MKDIR) >= N
         })
         .expect("b");
     assert_eq!(count(&pa, "uname"), N + 1, "{pa}");
-    assert_eq!(count(&pa, "mkdir") + count(&pa, "mkdirat"), 0, "{pa}");
-    assert_eq!(count(&pb, "mkdir") + count(&pb, "mkdirat"), N, "{pb}");
+    assert_eq!(count_any(&pa, MKDIR), 0, "{pa}");
+    assert_eq!(count_any(&pb, MKDIR), N, "{pb}");
     assert_eq!(count(&pb, "uname"), 1, "{pb}");
 }
 
@@ -164,7 +156,7 @@ fn runc_container_with_kubelet_path_is_a_pod() {
     let agent = Agent::start(&[]).expect("agent");
     let uid = random_uid();
     let container_id = tests::random_hex64();
-    let path = format!("/kubepods/besteffort/pod{uid}/{container_id}");
+    let path = kubepods_path("besteffort", &uid, &container_id);
     let container = Container::create(&path, &["sh", "-c", "uname; mkdir /tmp/x; echo done"], None)
         .expect("create");
     assert!(container.cgroup_id() != 0, "cgroup exists after create");
@@ -185,8 +177,7 @@ fn runc_container_with_kubelet_path_is_a_pod() {
     assert_eq!(profile["container"], container_id.as_str());
     assert_eq!(profile["namespace"], "");
     assert!(
-        count(&profile, "execve") >= 1
-            && count(&profile, "mkdir") + count(&profile, "mkdirat") >= 1,
+        count(&profile, "execve") >= 1 && count_any(&profile, MKDIR) >= 1,
         "{profile}"
     );
     let (status, oci) = get_json(
@@ -300,21 +291,13 @@ fn sigterm_flushes_state_and_a_restart_restores_it() {
 
 #[test]
 fn kubernetes_on_fails_with_a_clear_message() {
-    let output = Command::new(agent_bin())
-        .args(["run", "--kubernetes", "on", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let output = agent_cli(&["run", "--kubernetes", "on", "--listen", "127.0.0.1:0"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("Kubernetes") && stderr.lines().count() <= 2,
         "{stderr}"
     );
-    let usage = Command::new(agent_bin())
-        .args(["run", "--interval", "never"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let usage = agent_cli(&["run", "--interval", "never"]);
     assert_eq!(usage.status.code(), Some(2));
 }

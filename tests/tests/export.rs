@@ -8,25 +8,16 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use tests::{
-    Agent, Container, TestCgroup, agent_bin, free_port, poll, privileged, random_hex64, random_uid,
-    runc_lock,
+    Agent, Container, TestCgroup, agent_cli, allowed, count, free_port, kubepods_path, poll,
+    privileged, random_hex64, random_uid, runc_lock,
 };
 
 /// Runs the agent binary as a client (no containers involved: pipes are fine).
-fn cli(args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running recorder-agent")
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -41,17 +32,6 @@ fn wait_for_a_round(agent: &Agent, name: &str) {
             p["workload"] == witness.rel.as_str()
         })
         .expect("a collection round");
-}
-
-fn allowed(profile: &Value) -> BTreeSet<String> {
-    profile["syscalls"]
-        .as_array()
-        .expect("rules")
-        .iter()
-        .filter(|rule| rule["action"] == "SCMP_ACT_ALLOW")
-        .flat_map(|rule| rule["names"].as_array().expect("names").clone())
-        .map(|name| name.as_str().expect("name").to_owned())
-        .collect()
 }
 
 /// One workload: its name and `sh -c` script (`{port}` is replaced by a free port per run).
@@ -121,7 +101,7 @@ impl Workload {
         id: String,
         seccomp: Option<&Value>,
     ) -> (String, String, tests::Finished) {
-        let path = format!("/kubepods/besteffort/pod{uid}/{id}");
+        let path = kubepods_path("besteffort", &uid, &id);
         let script = self.script();
         let finished = Container::run_foreground(&path, &id, &["sh", "-c", &script], seccomp)
             .unwrap_or_else(|err| panic!("{}: {err:#}", self.name));
@@ -193,7 +173,7 @@ fn learned_profiles_run_the_same_workloads_under_runc() {
 
         let selector = format!("_/Pod/{uid}/{id}");
         let file = out.path().join(format!("{}.json", workload.name));
-        let output = cli(&[
+        let output = agent_cli(&[
             "export",
             &selector,
             "--server",
@@ -254,7 +234,7 @@ fn learned_profiles_run_the_same_workloads_under_runc() {
         let uid = random_uid();
         let id = random_hex64();
         let denied = Container::run_foreground(
-            &format!("/kubepods/besteffort/pod{uid}/{id}"),
+            &kubepods_path("besteffort", &uid, &id),
             &id,
             &["sh", "-c", denied_script],
             Some(&oci),
@@ -283,11 +263,11 @@ fn diff_and_merge_real_files(files: &[PathBuf], out: &Path) {
         panic!("three files")
     };
     let arg = |path: &Path| path.display().to_string();
-    let same = cli(&["diff", &arg(fileio), &arg(fileio)]);
+    let same = agent_cli(&["diff", &arg(fileio), &arg(fileio)]);
     assert_eq!(same.status.code(), Some(0), "{}", text(&same.stderr));
     assert!(text(&same.stdout).contains("NEW allows nothing OLD does not"));
 
-    let grown = cli(&["diff", &arg(fileio), &arg(httpd)]);
+    let grown = agent_cli(&["diff", &arg(fileio), &arg(httpd)]);
     assert_eq!(grown.status.code(), Some(1), "{}", text(&grown.stderr));
     let report = text(&grown.stdout);
     assert!(
@@ -297,7 +277,7 @@ fn diff_and_merge_real_files(files: &[PathBuf], out: &Path) {
     );
 
     let merged = out.join("merged.json");
-    let merge = cli(&[
+    let merge = agent_cli(&[
         "merge",
         &arg(fileio),
         &arg(httpd),
@@ -317,7 +297,7 @@ fn diff_and_merge_real_files(files: &[PathBuf], out: &Path) {
     assert_eq!(allowed(&merged_oci), union);
     assert_eq!(merged_oci["defaultAction"], "SCMP_ACT_ERRNO");
     for file in files {
-        let narrower = cli(&["diff", &arg(&merged), &arg(file)]);
+        let narrower = agent_cli(&["diff", &arg(&merged), &arg(file)]);
         assert_eq!(
             narrower.status.code(),
             Some(0),
@@ -325,7 +305,7 @@ fn diff_and_merge_real_files(files: &[PathBuf], out: &Path) {
             text(&narrower.stdout)
         );
     }
-    let wider = cli(&["diff", &arg(forkexec), &arg(&merged)]);
+    let wider = agent_cli(&["diff", &arg(forkexec), &arg(&merged)]);
     assert_eq!(wider.status.code(), Some(1), "{}", text(&wider.stdout));
 
     // The merged profile runs every workload.
@@ -353,7 +333,7 @@ fn diff_and_merge_real_files(files: &[PathBuf], out: &Path) {
         .remove("defaultErrnoRet");
     let kill_file = out.join("kill.json");
     fs::write(&kill_file, serde_json::to_vec(&kill).expect("json")).expect("write");
-    let mixed = cli(&["merge", &arg(fileio), &arg(&kill_file)]);
+    let mixed = agent_cli(&["merge", &arg(fileio), &arg(&kill_file)]);
     assert_eq!(mixed.status.code(), Some(1));
     assert!(
         text(&mixed.stderr).contains("defaultAction"),
@@ -372,7 +352,7 @@ fn diff_and_merge_real_files(files: &[PathBuf], out: &Path) {
         ],
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let bad = cli(&args);
+        let bad = agent_cli(&args);
         assert_eq!(bad.status.code(), Some(2), "{args:?}");
         assert!(text(&bad.stderr).contains("error"), "{}", text(&bad.stderr));
     }
@@ -393,7 +373,7 @@ fn other_formats_and_listing(agent: &Agent, server: &str, out: &Path) {
     let spo_file = out.join("spo.json");
     let oci_file = out.join("pod-oci.json");
     for (format, file) in [("json", &json_file), ("spo", &spo_file), ("oci", &oci_file)] {
-        let output = cli(&[
+        let output = agent_cli(&[
             "export",
             &selector,
             "--format",
@@ -411,10 +391,7 @@ fn other_formats_and_listing(agent: &Agent, server: &str, out: &Path) {
     }
     let json: Value = serde_json::from_slice(&fs::read(&json_file).expect("json")).expect("json");
     assert_eq!(json["workload"], pod["workload"]);
-    assert!(
-        json["syscalls"]["execve"].as_u64().unwrap_or(0) >= 1,
-        "{json}"
-    );
+    assert!(count(&json, "execve") >= 1, "{json}");
     assert!(json["first_seen"].is_string() && json["last_new_syscall"].is_string());
     let spo: Value = serde_json::from_slice(&fs::read(&spo_file).expect("spo")).expect("json");
     assert_eq!(
@@ -441,7 +418,7 @@ fn other_formats_and_listing(agent: &Agent, server: &str, out: &Path) {
         (&spo_file, &oci_file),
         (&oci_file, &spo_file),
     ] {
-        let diff = cli(&["diff", &a.display().to_string(), &b.display().to_string()]);
+        let diff = agent_cli(&["diff", &a.display().to_string(), &b.display().to_string()]);
         assert_eq!(
             diff.status.code(),
             Some(0),
@@ -451,7 +428,7 @@ fn other_formats_and_listing(agent: &Agent, server: &str, out: &Path) {
         );
     }
 
-    let listing = cli(&["profiles", "--server", server]);
+    let listing = agent_cli(&["profiles", "--server", server]);
     assert!(listing.status.success(), "{}", text(&listing.stderr));
     let table = text(&listing.stdout);
     let header = table.lines().next().expect("header");
@@ -484,7 +461,7 @@ fn other_formats_and_listing(agent: &Agent, server: &str, out: &Path) {
         row.ends_with(" no"),
         "learned seconds ago: not stable under the 10m default: {row}"
     );
-    let listing = cli(&["profiles", "--server", server, "-o", "json"]);
+    let listing = agent_cli(&["profiles", "--server", server, "-o", "json"]);
     let list: Value = serde_json::from_slice(&listing.stdout).expect("json list");
     // Profiles only ever get added: at least those seen before.
     assert!(
@@ -498,7 +475,7 @@ fn other_formats_and_listing(agent: &Agent, server: &str, out: &Path) {
 fn client_errors_are_clear() {
     // Unreachable server.
     let port = free_port();
-    let output = cli(&["profiles", "--server", &format!("http://127.0.0.1:{port}")]);
+    let output = agent_cli(&["profiles", "--server", &format!("http://127.0.0.1:{port}")]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(
@@ -506,7 +483,7 @@ fn client_errors_are_clear() {
         "{stderr}"
     );
     // Malformed selector: a usage error.
-    let output = cli(&[
+    let output = agent_cli(&[
         "export",
         "a/b/c",
         "--server",
@@ -516,14 +493,14 @@ fn client_errors_are_clear() {
     assert!(text(&output.stderr).contains("NAMESPACE/KIND/WORKLOAD/CONTAINER"));
     // Bad flags.
     assert_eq!(
-        cli(&["export", "_/Pod/a/b", "--format", "yaml"])
+        agent_cli(&["export", "_/Pod/a/b", "--format", "yaml"])
             .status
             .code(),
         Some(2)
     );
-    assert_eq!(cli(&["diff", "only-one"]).status.code(), Some(2));
-    assert_eq!(cli(&["merge"]).status.code(), Some(2));
-    let output = cli(&["profiles", "--server", "https://example.invalid"]);
+    assert_eq!(agent_cli(&["diff", "only-one"]).status.code(), Some(2));
+    assert_eq!(agent_cli(&["merge"]).status.code(), Some(2));
+    let output = agent_cli(&["profiles", "--server", "https://example.invalid"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("https is not supported"));
 }
@@ -534,7 +511,7 @@ fn unknown_profile_is_a_clear_404() {
         return;
     }
     let agent = Agent::start(&[]).expect("agent");
-    let output = cli(&[
+    let output = agent_cli(&[
         "export",
         "_/Cgroup/no/such/cgroup/_",
         "--server",

@@ -7,7 +7,7 @@ use std::{
     fs,
     io::Write as _,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -15,8 +15,8 @@ use std::{
 use anyhow::Context as _;
 use serde_json::Value;
 use tests::{
-    Agent, Container, TestCgroup, agent_bin, count, free_port, get_json, http, poll, privileged,
-    random_uid, runc_lock,
+    Agent, Container, TestCgroup, agent_cli, allowed, count, free_port, get_json, http,
+    kubepods_path, poll, privileged, random_uid, runc_lock,
 };
 
 /// A Prometheus server on loopback with a temporary config and TSDB, killed on drop.
@@ -135,26 +135,9 @@ fn promtool_check(body: &str) -> anyhow::Result<(bool, String)> {
     ))
 }
 
-/// The syscall names an OCI profile allows.
-fn allowed(oci: &Value) -> BTreeSet<String> {
-    oci["syscalls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|rule| rule["action"] == "SCMP_ACT_ALLOW")
-        .flat_map(|rule| rule["names"].as_array().cloned().unwrap_or_default())
-        .filter_map(|name| name.as_str().map(str::to_owned))
-        .collect()
-}
-
 /// `recorder-agent export ARGS...`: (exit code, stdout, stderr).
 fn export(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(agent_bin())
-        .arg("export")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running export");
+    let output = agent_cli(&[&["export"], args].concat());
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -221,12 +204,8 @@ fn metrics_fold_beyond_max_series() {
     }
     let body = poll("folded workloads", Duration::from_secs(20), || {
         let (_, body) = http(agent.addr, "GET", "/metrics").ok()?;
-        let folded = body
-            .lines()
-            .find_map(|l| l.strip_prefix("syscall_recorder_metrics_folded_workloads "))?
-            .parse::<u64>()
-            .ok()?;
-        (folded >= 1 && body.contains("workload=\"(folded)\"")).then_some(body)
+        let folded = sample(&body, "syscall_recorder_metrics_folded_workloads ")?;
+        (folded >= 1.0 && body.contains("workload=\"(folded)\"")).then_some(body)
     })
     .expect("some workloads folded with --max-series 100");
     let series = body
@@ -249,7 +228,7 @@ fn prometheus_scrapes_the_agent_and_export_matches_the_agent() {
     let prometheus = PrometheusServer::start(&[agent.addr]).expect("prometheus");
     let uid = random_uid();
     let container_id = tests::random_hex64();
-    let path = format!("/kubepods/besteffort/pod{uid}/{container_id}");
+    let path = kubepods_path("besteffort", &uid, &container_id);
     let container =
         Container::run_to_end(&path, &["sh", "-c", "uname; mkdir /tmp/x; echo done"], None)
             .expect("container");
@@ -362,9 +341,7 @@ fn prometheus_scrapes_the_agent_and_export_matches_the_agent() {
     );
 
     // The dashboard's breakdown of this workload shows its syscalls.
-    let dashboard: Value =
-        serde_json::from_str(&fs::read_to_string(dashboard_path()).expect("dashboard"))
-            .expect("dashboard JSON");
+    let dashboard = dashboard();
     let breakdown = dashboard["panels"]
         .as_array()
         .expect("panels")
@@ -478,15 +455,16 @@ fn substitute_with(expr: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-fn dashboard_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dashboards/syscall-recorder.json")
+/// The Grafana dashboard of deploy/.
+fn dashboard() -> Value {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dashboards/syscall-recorder.json");
+    serde_json::from_str(&fs::read_to_string(path).expect("dashboard")).expect("dashboard JSON")
 }
 
 #[test]
 fn every_dashboard_expression_parses_in_prometheus() {
-    let dashboard: Value =
-        serde_json::from_str(&fs::read_to_string(dashboard_path()).expect("dashboard"))
-            .expect("dashboard JSON");
+    let dashboard = dashboard();
     let expressions = dashboard_expressions(&dashboard);
     assert!(expressions.len() >= 20, "{expressions:?}");
     let titles: Vec<&str> = dashboard["panels"]
@@ -548,10 +526,7 @@ fn drift_counts_syscalls_outside_the_stable_profile() {
     .expect("stable");
     // `stable` is computed at scrape time, the baseline is frozen at the end of the next
     // collection: a new syscall before that would join the profile, not count as drift.
-    let profile_path = format!(
-        "/api/v1/profiles/_/Cgroup/{}/_",
-        cgroup.rel.replace('/', "%2F")
-    );
+    let profile_path = cgroup.profile_path();
     poll("the baseline to be frozen", Duration::from_secs(20), || {
         let (_, profile) = get_json(agent.addr, &profile_path).ok()?;
         profile["baseline"]["syscalls"].is_array().then_some(())
@@ -584,14 +559,7 @@ fn drift_counts_syscalls_outside_the_stable_profile() {
         "syscalls of the stable profile counted as drift: {drift:?}"
     );
     // The profile grew, so it is learning again; the baseline is kept (and in the API).
-    let (_, profile) = get_json(
-        agent.addr,
-        &format!(
-            "/api/v1/profiles/_/Cgroup/{}/_",
-            cgroup.rel.replace('/', "%2F")
-        ),
-    )
-    .expect("profile");
+    let (_, profile) = get_json(agent.addr, &profile_path).expect("profile");
     let baseline: Vec<&str> = profile["baseline"]["syscalls"]
         .as_array()
         .expect("baseline in the API")
@@ -665,11 +633,7 @@ fn metrics_with_100_workloads() {
 
 #[test]
 fn max_series_below_100_is_a_usage_error() {
-    let output = Command::new(agent_bin())
-        .args(["run", "--max-series", "10", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let output = agent_cli(&["run", "--max-series", "10", "--listen", "127.0.0.1:0"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-series"));
 }
@@ -715,10 +679,7 @@ fn idle_cgroups_are_not_read_and_are_read_again_when_they_wake_up() {
     for (round, cgroup) in cgroups.iter().step_by(7).enumerate() {
         cgroup.run("busybox", &["uname"]).expect("uname");
         let deadline = Duration::from_secs(3);
-        let path = format!(
-            "/api/v1/profiles/_/Cgroup/{}/_",
-            cgroup.rel.replace('/', "%2F")
-        );
+        let path = cgroup.profile_path();
         poll("the woken cgroup's count", deadline, || {
             let (_, profile) = get_json(agent.addr, &path).ok()?;
             (count(&profile, "uname") == 2).then_some(())
