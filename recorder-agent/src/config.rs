@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::export::Format;
+
 /// The Kubernetes API calls the agent makes in Kubernetes mode: (API group, resource, verbs).
 /// It watches the pods of its node and resolves controller owners with single GETs. The
 /// deploy manifests' ClusterRole is tested against this list.
@@ -118,17 +120,6 @@ pub struct ProfilesArgs {
     pub output: ListOutput,
 }
 
-/// Export formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ExportFormat {
-    /// OCI runtime-spec seccomp profile.
-    Oci,
-    /// security-profiles-operator SeccompProfile (v1beta1).
-    Spo,
-    /// The recorder's profile JSON (counts, first/last seen).
-    Json,
-}
-
 /// `recorder-agent export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -136,8 +127,8 @@ pub struct ExportArgs {
     #[arg(value_name = "SELECTOR")]
     pub selector: String,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = ExportFormat::Oci)]
-    pub format: ExportFormat,
+    #[arg(long, value_enum, default_value_t = Format::Oci)]
+    pub format: Format,
     /// Write here instead of stdout.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
@@ -221,7 +212,7 @@ pub struct RunArgs {
     pub no_pin: bool,
     /// Limit of per-workload metric series on /metrics; workloads beyond it are folded into
     /// `workload="(folded)"` (counted in `syscall_recorder_metrics_folded_workloads`).
-    #[arg(long, env = "RECORDER_MAX_SERIES", default_value_t = crate::metrics::DEFAULT_MAX_SERIES, value_parser = clap::value_parser!(u32).range(100..))]
+    #[arg(long, env = "RECORDER_MAX_SERIES", default_value_t = crate::serve::metrics::DEFAULT_MAX_SERIES, value_parser = clap::value_parser!(u32).range(100..))]
     pub max_series: u32,
     /// Kubelet seccomp root: profiles are written below `DIR/syscall-recorder/`.
     #[arg(long, env = "RECORDER_SECCOMP_DIR")]
@@ -234,15 +225,6 @@ pub struct RunArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// Output format of `record`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RecordFormat {
-    /// OCI runtime-spec seccomp profile (what runc, containerd, CRI-O and kubelet read).
-    Oci,
-    /// The recorder's own profile JSON: counts, first/last seen.
-    Json,
-}
-
 /// `recorder-agent record`.
 #[derive(Debug, Args)]
 pub struct RecordArgs {
@@ -250,8 +232,8 @@ pub struct RecordArgs {
     #[arg(short = 'o', long = "output", default_value = "seccomp-profile.json")]
     pub output: PathBuf,
     /// Profile format.
-    #[arg(long, value_enum, default_value_t = RecordFormat::Oci)]
-    pub format: RecordFormat,
+    #[arg(long, value_enum, default_value_t = Format::Oci)]
+    pub format: Format,
     /// The command and its arguments (after `--`).
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -318,6 +300,6 @@ mod tests {
         };
         assert_eq!(args.command, ["sh", "-c", "exit 7"]);
         assert_eq!(args.output, PathBuf::from("p.json"));
-        assert_eq!(args.format, RecordFormat::Oci);
+        assert_eq!(args.format, Format::Oci);
     }
 }

@@ -1,30 +1,19 @@
 //! The syscall recorder's node agent: counts every syscall per container cgroup with an eBPF
 //! program, aggregates them into per-workload profiles, and serves and exports them.
 //!
-//! Module owners: [`bpf`] (the only one touching aya), [`cgroup`] (path parser and id → path
-//! resolver), [`syscalls`] (number → name), [`profile`] (pure aggregation), [`seccomp`] (export
-//! formats), [`compare`] (reading, diffing and merging profile files), [`delivery`] (the kubelet
-//! seccomp dir), [`collector`] (one collection round), [`api`] (HTTP), [`config`] (CLI),
-//! [`state`] (persistence), [`k8s`] (Kubernetes attribution), [`agent`] (the `run` command), [`record`] (the `record` command),
-//! [`cli`] (the client commands), [`http_client`] (their HTTP), [`bench`] (the benchmark's agent side), [`metrics`] (the Prometheus
-//! exposition) and [`promql`] (cluster-wide export from Prometheus).
+//! The folders follow the pipeline, each depending only on those before it:
+//! [`kernel`] (the only one touching aya) → [`collection`] (rounds over the kernel counters) →
+//! [`attribution`] (cgroup → container → pod → workload) → [`profile`] (the model, names,
+//! persistence) → [`export`] (formats, compare/merge, delivery to the kubelet) → [`serve`]
+//! (HTTP API, metrics). [`client`] holds the commands that talk to an agent or Prometheus,
+//! [`config`] the command line, and [`app`] the composition root (`run`, `record`, bench).
 
-pub mod agent;
-pub mod api;
-pub mod bench;
-pub mod bpf;
-pub mod cgroup;
-pub mod cli;
-pub mod collector;
-pub mod compare;
+pub mod app;
+pub mod attribution;
+pub mod client;
+pub mod collection;
 pub mod config;
-pub mod delivery;
-pub mod http_client;
-pub mod k8s;
-pub mod metrics;
+pub mod export;
+pub mod kernel;
 pub mod profile;
-pub mod promql;
-pub mod record;
-pub mod seccomp;
-pub mod state;
-pub mod syscalls;
+pub mod serve;

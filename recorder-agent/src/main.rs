@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use recorder_agent::{
-    agent, cli,
+    app::{bench, record, run},
+    client,
     config::{Cli, Command},
-    record,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -26,16 +26,16 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(agent::run(args)))
+            .and_then(|runtime| runtime.block_on(run::run(args)))
             .map(|()| ExitCode::SUCCESS),
         Command::Record(args) => record::run(args),
-        Command::Profiles(args) => cli::profiles(args),
-        Command::Export(args) => cli::export(args),
-        Command::Diff(args) => cli::diff(args),
-        Command::Merge(args) => cli::merge(args),
-        Command::Unpin(args) => agent::unpin(&args),
-        Command::BenchProbe(args) => recorder_agent::bench::probe(&args),
-        Command::BenchCollect(args) => recorder_agent::bench::collect(&args),
+        Command::Profiles(args) => client::profiles(args),
+        Command::Export(args) => client::export(args),
+        Command::Diff(args) => client::diff(args),
+        Command::Merge(args) => client::merge(args),
+        Command::Unpin(args) => run::unpin(&args),
+        Command::BenchProbe(args) => bench::probe(&args),
+        Command::BenchCollect(args) => bench::collect(&args),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use recorder_agent::{
-    cgroup::{CgroupKind, classify},
+    attribution::cgroup::{CgroupKind, classify},
     profile::Identity,
 };
 
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let identity = Identity::from_cgroup_path(path);
     // An identity's URL path parses back to the same identity.
     let url = identity.url_path();
-    if let Ok(back) = recorder_agent::api::parse_identity_path(&url) {
+    if let Ok(back) = recorder_agent::serve::api::parse_identity_path(&url) {
         assert_eq!(back, identity, "{url}");
     }
 });

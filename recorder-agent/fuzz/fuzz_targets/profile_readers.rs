@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use recorder_agent::{profile::Profile, seccomp::OciSeccomp};
+use recorder_agent::{export::seccomp::OciSeccomp, profile::Profile};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(oci) = serde_json::from_slice::<OciSeccomp>(data) {
@@ -16,13 +16,13 @@ fuzz_target!(|data: &[u8]| {
         let _ = profile.total_calls();
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = recorder_agent::api::parse_identity_path(text);
+        let _ = recorder_agent::serve::api::parse_identity_path(text);
         // OCI, SPO or the recorder's JSON, detected from the fields (diff and merge read these).
         if let Ok(policy) =
-            recorder_agent::compare::parse_policy(std::path::Path::new("fuzz.json"), text)
+            recorder_agent::export::compare::parse_policy(std::path::Path::new("fuzz.json"), text)
         {
-            let _ = recorder_agent::compare::diff(&policy, &policy);
-            let _ = recorder_agent::compare::merge(std::slice::from_ref(&policy));
+            let _ = recorder_agent::export::compare::diff(&policy, &policy);
+            let _ = recorder_agent::export::compare::merge(std::slice::from_ref(&policy));
         }
     }
 });

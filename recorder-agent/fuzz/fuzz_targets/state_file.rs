@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(state) = recorder_agent::state::parse(data) {
+    if let Ok(state) = recorder_agent::profile::state::parse(data) {
         let again = serde_json::to_vec(&state).expect("a parsed state serialises");
-        recorder_agent::state::parse(&again).expect("and parses again");
+        recorder_agent::profile::state::parse(&again).expect("and parses again");
     }
 });

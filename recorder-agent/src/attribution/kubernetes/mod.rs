@@ -42,7 +42,7 @@ use kube::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::{self, CgroupKind},
+    attribution::cgroup::{self, CgroupKind},
     profile::{Identity, ProfileStore},
 };
 
@@ -954,7 +954,7 @@ mod tests {
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ID_B}.scope",
             UID.replace('-', "_")
         );
-        let arch = crate::syscalls::Arch::X86_64;
+        let arch = crate::profile::syscalls::Arch::X86_64;
         let mut deltas = vec![0u64; recorder_ebpf::SYSCALL_COLUMNS];
         deltas[0] = 3;
         let now = std::time::SystemTime::now();

@@ -12,12 +12,12 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    bpf::{EmptyProbe, LoadOptions, Recorder},
-    cgroup::{self, Resolver},
-    collector::Collector,
+    attribution::cgroup::{self, Resolver},
+    collection::Collector,
     config::{BenchCollectArgs, BenchProbeArgs, BenchProgram},
+    kernel::{EmptyProbe, LoadOptions, Recorder},
+    profile::syscalls::Arch,
     profile::{Identity, ProfileStore},
-    syscalls::Arch,
 };
 
 /// `bench-probe`: attach, say `ready`, hold until stdin closes, then print kernel stats: the

@@ -18,9 +18,9 @@ use serde_json::json;
 use std::time::SystemTime;
 
 use crate::{
+    export::seccomp,
+    profile::syscalls::Arch,
     profile::{Identity, Profile, ProfileStore},
-    seccomp,
-    syscalls::Arch,
 };
 
 /// Path prefix of one profile.
@@ -42,7 +42,7 @@ pub struct Shared {
     /// The collection loop's view of the kernel side, for `/api/v1/status`.
     pub status: std::sync::Mutex<AgentStatus>,
     /// Prometheus metrics (`GET /metrics`).
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: crate::serve::metrics::Metrics,
 }
 
 /// What `GET /api/v1/status` answers: capacity use and losses.
@@ -78,13 +78,15 @@ impl Shared {
             arch,
             stable_after,
             status: std::sync::Mutex::new(AgentStatus::default()),
-            metrics: crate::metrics::Metrics::new(crate::metrics::MetricsOptions::default())
-                .expect("metric names are valid constants"),
+            metrics: crate::serve::metrics::Metrics::new(
+                crate::serve::metrics::MetricsOptions::default(),
+            )
+            .expect("metric names are valid constants"),
         }
     }
 
     /// Replaces the metrics (built with the agent's options).
-    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+    pub fn with_metrics(mut self, metrics: crate::serve::metrics::Metrics) -> Self {
         self.metrics = metrics;
         self
     }
@@ -127,7 +129,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
-        .route("/metrics", get(crate::metrics::handler))
+        .route("/metrics", get(crate::serve::metrics::handler))
         .route(PROFILES_PATH, get(list_profiles))
         .route(&format!("{PROFILES_PATH}/"), get(list_profiles))
         .route(&format!("{PROFILES_PATH}/{{*rest}}"), get(one_profile))

@@ -11,16 +11,16 @@ use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, Shared},
-    bpf::{LoadOptions, Recorder},
-    cgroup::{self, Resolver},
-    collector::Collector,
+    attribution::cgroup::{self, Resolver},
+    attribution::kubernetes,
+    collection::Collector,
     config::{KubernetesMode, RunArgs},
-    delivery::Delivery,
-    k8s,
+    export::delivery::Delivery,
+    kernel::{LoadOptions, Recorder},
     profile::Identity,
-    state::{Loaded, StateDir},
-    syscalls::Arch,
+    profile::state::{Loaded, StateDir},
+    profile::syscalls::Arch,
+    serve::api::{self, Shared},
 };
 
 /// How often learned profiles are flushed to the state dir (and on shutdown).
@@ -30,10 +30,10 @@ const RELEASE_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// `recorder-agent unpin`: removes the pins an agent left (uninstall).
 pub fn unpin(args: &crate::config::UnpinArgs) -> anyhow::Result<std::process::ExitCode> {
-    let removed = crate::bpf::unpin_all(&args.bpffs)?;
+    let removed = crate::kernel::unpin_all(&args.bpffs)?;
     eprintln!(
         "recorder-agent: removed {removed} pin(s) under {}",
-        crate::bpf::pin_root(&args.bpffs).display()
+        crate::kernel::pin_root(&args.bpffs).display()
     );
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -61,12 +61,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .node_name
             .clone()
             .filter(|name| !name.trim().is_empty())
-            .ok_or(k8s::K8sError::NoNodeName)?;
-        let options = k8s::Options {
+            .ok_or(kubernetes::K8sError::NoNodeName)?;
+        let options = kubernetes::Options {
             node_name,
             kubeconfig: args.kubeconfig.clone(),
         };
-        Some((k8s::client(&options).await?, options))
+        Some((kubernetes::client(&options).await?, options))
     } else {
         None
     };
@@ -80,9 +80,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
              root and syscalls cannot be told apart by container (use a cgroup v2 or hybrid host)"
         );
     }
-    crate::bpf::check_privileges()?;
+    crate::kernel::check_privileges()?;
 
-    let metrics = crate::metrics::Metrics::new(crate::metrics::MetricsOptions {
+    let metrics = crate::serve::metrics::Metrics::new(crate::serve::metrics::MetricsOptions {
         max_series: args.max_series as usize,
         kubernetes: kubernetes.is_some(),
         capacity: args.max_cgroups,
@@ -91,12 +91,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(arch, args.stable_after).with_metrics(metrics));
     let attribution = kubernetes.map(|(client, options)| {
         shared.kubernetes_synced.store(false, Ordering::Release);
-        let index = Arc::new(std::sync::Mutex::new(k8s::PodIndex::new()));
+        let index = Arc::new(std::sync::Mutex::new(kubernetes::PodIndex::new()));
         let watch_shared = Arc::clone(&shared);
         let watch_index = Arc::clone(&index);
         info!(node = %options.node_name, "Kubernetes mode: watching this node's pods");
         tokio::spawn(async move {
-            k8s::watch_pods(
+            kubernetes::watch_pods(
                 client,
                 options.node_name,
                 watch_index,
@@ -104,7 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .await;
         });
-        Arc::new(k8s::Attribution::new(index))
+        Arc::new(kubernetes::Attribution::new(index))
     });
     let state = StateDir::new(args.state_dir.clone());
     let mut saved_kernel = None;
@@ -165,7 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let delivery = match &args.seccomp_dir {
         Some(dir) => {
             let delivery = Delivery::new(dir, arch)?;
-            info!(dir = %dir.join(crate::delivery::SUBDIR).display(), "delivering profiles to the kubelet seccomp dir");
+            info!(dir = %dir.join(crate::export::delivery::SUBDIR).display(), "delivering profiles to the kubelet seccomp dir");
             Some(delivery)
         }
         None => None,
@@ -234,7 +234,7 @@ type Learned = Arc<std::sync::Mutex<Vec<(u64, String)>>>;
 
 /// What the collection loop needs besides the collector for Kubernetes attribution.
 struct Attributing {
-    attribution: Option<Arc<k8s::Attribution>>,
+    attribution: Option<Arc<kubernetes::Attribution>>,
     learned: Learned,
 }
 

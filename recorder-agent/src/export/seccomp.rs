@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::ExportFormat, profile::Profile, syscalls::Arch};
+use crate::{
+    export::Format,
+    profile::{Profile, syscalls::Arch},
+};
 
 /// `SCMP_ACT_ERRNO` with EPERM, what a call outside the profile gets.
 pub const DEFAULT_ACTION: &str = "SCMP_ACT_ERRNO";
@@ -302,19 +305,19 @@ pub fn spo_profile(profile: &Profile, arch: Arch) -> SpoSeccompProfile {
         "syscall-recorder".to_owned(),
     );
     for (key, value) in [
-        ("namespace", &identity.namespace),
-        ("workload-kind", &identity.workload_kind),
+        ("namespace", identity.namespace.as_str()),
+        ("workload-kind", identity.workload_kind.as_str()),
         ("workload", &identity.workload),
         ("container", &identity.container),
     ] {
         if !value.is_empty() && is_label_value(value) {
-            labels.insert(format!("{ANNOTATION_PREFIX}{key}"), value.clone());
+            labels.insert(format!("{ANNOTATION_PREFIX}{key}"), value.to_owned());
         }
     }
     let mut annotations = BTreeMap::new();
     for (key, value) in [
         ("namespace", identity.namespace.clone()),
-        ("workload-kind", identity.workload_kind.clone()),
+        ("workload-kind", identity.workload_kind.to_string()),
         ("workload", identity.workload.clone()),
         ("container", identity.container.clone()),
         ("architecture", arch.to_string()),
@@ -354,11 +357,11 @@ pub fn oci_profile(profile: &Profile, arch: Arch) -> OciSeccomp {
 
 /// A profile in an export format, as pretty JSON with a final newline (SPO too: `kubectl
 /// apply -f` reads JSON, and it keeps the agent free of a YAML dependency).
-pub fn render(format: ExportFormat, profile: &Profile, arch: Arch) -> Vec<u8> {
+pub fn render(format: Format, profile: &Profile, arch: Arch) -> Vec<u8> {
     let result = match format {
-        ExportFormat::Oci => serde_json::to_vec_pretty(&oci_profile(profile, arch)),
-        ExportFormat::Spo => serde_json::to_vec_pretty(&spo_profile(profile, arch)),
-        ExportFormat::Json => serde_json::to_vec_pretty(profile),
+        Format::Oci => serde_json::to_vec_pretty(&oci_profile(profile, arch)),
+        Format::Spo => serde_json::to_vec_pretty(&spo_profile(profile, arch)),
+        Format::Json => serde_json::to_vec_pretty(profile),
     };
     let mut bytes =
         result.expect("string-keyed maps and infallible serialisers cannot fail to serialise");
@@ -491,8 +494,7 @@ mod tests {
     fn spo_shape_and_render() {
         let profile = profile("team-a", "Deployment", "web", "nginx");
         let json: serde_json::Value =
-            serde_json::from_slice(&render(ExportFormat::Spo, &profile, Arch::X86_64))
-                .expect("spo json");
+            serde_json::from_slice(&render(Format::Spo, &profile, Arch::X86_64)).expect("spo json");
         assert_eq!(json["apiVersion"], SPO_API_VERSION);
         assert_eq!(json["kind"], "SeccompProfile");
         assert!(
@@ -520,17 +522,15 @@ mod tests {
             serde_json::json!(["read", "write"])
         );
         let oci: OciSeccomp =
-            serde_json::from_slice(&render(ExportFormat::Oci, &profile, Arch::X86_64))
-                .expect("oci");
+            serde_json::from_slice(&render(Format::Oci, &profile, Arch::X86_64)).expect("oci");
         assert_eq!(
             oci.allowed_names().into_iter().collect::<Vec<_>>(),
             ["read", "write"]
         );
         assert_eq!(oci.default_errno_ret, Some(1));
         let back: Profile =
-            serde_json::from_slice(&render(ExportFormat::Json, &profile, Arch::X86_64))
-                .expect("json");
+            serde_json::from_slice(&render(Format::Json, &profile, Arch::X86_64)).expect("json");
         assert_eq!(back, profile);
-        assert!(render(ExportFormat::Oci, &profile, Arch::X86_64).ends_with(b"}\n"));
+        assert!(render(Format::Oci, &profile, Arch::X86_64).ends_with(b"}\n"));
     }
 }

@@ -29,11 +29,11 @@ use prometheus::{
 use tracing::warn;
 
 use crate::{
-    api::Shared,
-    bpf::{self, BpfError},
-    collector::{Collector, RoundStats},
-    profile::{Identity, ProfileStore},
-    syscalls::Arch,
+    collection::{Collector, RoundStats},
+    kernel::{self, BpfError},
+    profile::syscalls::Arch,
+    profile::{Identity, ProfileStore, WorkloadKind},
+    serve::api::Shared,
 };
 
 /// Default of `--max-series`: about 150 workloads of 60 syscalls each, a heavy but sane
@@ -304,7 +304,7 @@ impl Metrics {
             }
             Err(err) => warn!(error = %err, "reading kernel statistics failed"),
         }
-        let enabled = bpf::bpf_stats_enabled();
+        let enabled = kernel::bpf_stats_enabled();
         self.bpf_stats_enabled.set(i64::from(enabled));
         // Frozen while disabled: no need to ask the kernel.
         if enabled {
@@ -468,17 +468,20 @@ pub fn has_id_token(text: &str) -> bool {
 
 /// The labels an identity is exported with (see the module docs for Kubernetes mode).
 pub fn metric_identity(identity: &Identity, kubernetes: bool) -> Identity {
-    let carries_ids = identity.namespace.is_empty()
-        && (matches!(identity.workload_kind.as_str(), "Pod" | "Container")
-            || has_id_token(&identity.workload)
-            || has_id_token(&identity.container));
+    let carries_ids = match &identity.workload_kind {
+        WorkloadKind::Kubernetes(_) => false,
+        WorkloadKind::Pod | WorkloadKind::Container => true,
+        // Paths of cgroups outside any container may still name a pod or container.
+        WorkloadKind::Cgroup | WorkloadKind::Command | WorkloadKind::Other(_) => {
+            has_id_token(&identity.workload) || has_id_token(&identity.container)
+        }
+    };
     if kubernetes && carries_ids {
-        Identity::new(
-            &identity.namespace,
-            &identity.workload_kind,
-            UNATTRIBUTED_WORKLOAD,
-            "",
-        )
+        Identity {
+            workload: UNATTRIBUTED_WORKLOAD.to_owned(),
+            container: String::new(),
+            ..identity.clone()
+        }
     } else {
         identity.clone()
     }
@@ -503,7 +506,7 @@ pub(crate) fn identity_labels(identity: &Identity) -> String {
     format!(
         "namespace=\"{}\",workload_kind=\"{}\",workload=\"{}\",container=\"{}\"",
         escape(&identity.namespace),
-        escape(&identity.workload_kind),
+        escape(identity.workload_kind.as_str()),
         escape(&identity.workload),
         escape(&identity.container)
     )

@@ -11,10 +11,10 @@ use recorder_ebpf::{OVERFLOW_SLOT, SYSCALL_COLUMNS};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpf::{BpfError, Recorder, Totals},
-    cgroup::Resolver,
+    attribution::cgroup::Resolver,
+    kernel::{BpfError, Recorder, Totals},
+    profile::syscalls::Arch,
     profile::{Identity, ProfileStore},
-    syscalls::Arch,
 };
 
 /// What a round did.

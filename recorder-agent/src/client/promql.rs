@@ -21,12 +21,13 @@ use anyhow::bail;
 use serde::Deserialize;
 
 use crate::{
-    api::parse_identity_path,
-    cli::{emit, pretty},
-    config::{ExportArgs, ExportFormat},
+    client::{emit, pretty},
+    config::ExportArgs,
+    export::Format,
+    export::seccomp,
+    profile::syscalls::Arch,
     profile::{Identity, Profile},
-    seccomp,
-    syscalls::Arch,
+    serve::api::parse_identity_path,
 };
 
 /// Errors talking to Prometheus.
@@ -57,7 +58,7 @@ pub enum PromqlError {
         url: String,
         /// The cause.
         #[source]
-        source: crate::http_client::HttpError,
+        source: crate::client::http::HttpError,
     },
     /// The server answered with an error.
     #[error("Prometheus at {url} rejected the query ({status}): {message}\n  query: {query}")]
@@ -86,7 +87,7 @@ pub enum PromqlError {
 /// A Prometheus HTTP API client (instant queries).
 #[derive(Debug)]
 pub struct Prometheus {
-    server: crate::http_client::Server,
+    server: crate::client::http::Server,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +130,7 @@ impl Prometheus {
                 "this build speaks plain HTTP only; reach Prometheus over http:// (e.g. kubectl port-forward)",
             ));
         }
-        let server = crate::http_client::Server::parse(&base)
+        let server = crate::client::http::Server::parse(&base)
             .map_err(|_| bad("expected http://HOST:PORT"))?;
         Ok(Self { server })
     }
@@ -250,7 +251,7 @@ pub fn check_range(range: &str) -> Result<(), PromqlError> {
 /// The label matchers of one workload (an empty part matches the absent label): its series'
 /// labels, whose text-format escaping is also PromQL's.
 pub fn selector(identity: &Identity) -> String {
-    crate::metrics::identity_labels(identity)
+    crate::serve::metrics::identity_labels(identity)
 }
 
 /// The queries an export sends.
@@ -412,12 +413,12 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let bytes = match args.format {
-        ExportFormat::Oci => pretty(&oci_profile(&cluster, host))?,
-        ExportFormat::Json => pretty(&cluster.profile)?,
-        ExportFormat::Spo => {
+        Format::Oci => pretty(&oci_profile(&cluster, host))?,
+        Format::Json => pretty(&cluster.profile)?,
+        Format::Spo => {
             // Same names and rules as the agent's SPO export, with the architectures of every
             // node the workload ran on.
-            let mut spo = crate::seccomp::spo_profile(&cluster.profile, host);
+            let mut spo = crate::export::seccomp::spo_profile(&cluster.profile, host);
             spo.spec.architectures = oci_profile(&cluster, host).architectures;
             pretty(&spo)?
         }

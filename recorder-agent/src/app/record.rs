@@ -15,13 +15,13 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bpf::{LoadOptions, Recorder},
-    cgroup,
-    config::{RecordArgs, RecordFormat},
+    attribution::cgroup,
+    config::RecordArgs,
+    export::seccomp,
+    kernel::{LoadOptions, Recorder},
+    profile::state::write_atomic,
+    profile::syscalls::Arch,
     profile::{Identity, Profile},
-    seccomp,
-    state::write_atomic,
-    syscalls::Arch,
 };
 
 /// Parent of the per-run cgroups, directly under the cgroup2 root.
@@ -117,7 +117,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     }
     let root = cgroup::find_cgroup2_mount()?;
     cgroup::check_cgroup2_dir(&root)?;
-    crate::bpf::check_privileges()?;
+    crate::kernel::check_privileges()?;
 
     let mut recorder = Recorder::load_and_attach(LoadOptions {
         capacity: 256,
@@ -198,15 +198,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     drop(run_cgroup);
     drop(recorder);
 
-    let bytes = match args.format {
-        RecordFormat::Oci => serde_json::to_vec_pretty(&seccomp::oci_allow_list(
-            profile.syscalls.keys().map(String::as_str),
-            arch,
-        ))?,
-        RecordFormat::Json => serde_json::to_vec_pretty(&profile)?,
-    };
-    let mut bytes = bytes;
-    bytes.push(b'\n');
+    let bytes = seccomp::render(args.format, &profile, arch);
     write_atomic(&args.output, &bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
 
@@ -229,10 +221,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             String::new()
         },
         args.output.display(),
-        match args.format {
-            RecordFormat::Oci => "OCI seccomp",
-            RecordFormat::Json => "profile JSON",
-        }
+        args.format.describe()
     );
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

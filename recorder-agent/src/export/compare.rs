@@ -11,8 +11,11 @@ use std::{
 use serde_json::Value;
 
 use crate::{
+    export::{
+        Format,
+        seccomp::{OciSeccomp, OciSyscallRule, SPO_KIND, SpoSeccompProfile},
+    },
     profile::Profile,
-    seccomp::{OciSeccomp, OciSyscallRule, SPO_KIND, SpoSeccompProfile},
 };
 
 /// Errors of this module.
@@ -39,24 +42,13 @@ pub enum CompareError {
     Incompatible(String),
 }
 
-/// Which format a file was in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileFormat {
-    /// OCI runtime-spec seccomp.
-    Oci,
-    /// security-profiles-operator `SeccompProfile`.
-    Spo,
-    /// The recorder's profile JSON (an allow-list of the syscalls it counted).
-    Recorder,
-}
-
 /// A profile file reduced to its policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// Where it came from.
     pub path: PathBuf,
     /// Its format.
-    pub format: FileFormat,
+    pub format: Format,
     /// The policy as OCI (for recorder JSON: an allow-list without architectures).
     pub oci: OciSeccomp,
 }
@@ -110,11 +102,11 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, CompareError> {
     let (format, oci) = if object.get("kind").and_then(Value::as_str) == Some(SPO_KIND) {
         let spo: SpoSeccompProfile = serde_json::from_value(value)
             .map_err(|err| malformed(path, format!("not a valid SeccompProfile: {err}")))?;
-        (FileFormat::Spo, spo.spec.to_oci())
+        (Format::Spo, spo.spec.to_oci())
     } else if object.contains_key("defaultAction") {
         let oci: OciSeccomp = serde_json::from_value(value)
             .map_err(|err| malformed(path, format!("not a valid OCI seccomp profile: {err}")))?;
-        (FileFormat::Oci, oci)
+        (Format::Oci, oci)
     } else if object.contains_key("workload_kind") {
         let profile: Profile = serde_json::from_value(value)
             .map_err(|err| malformed(path, format!("not a valid recorder profile: {err}")))?;
@@ -122,8 +114,8 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, CompareError> {
         // so no architectures.
         let names: Vec<String> = profile.syscalls.into_keys().collect();
         let oci = OciSeccomp {
-            default_action: crate::seccomp::DEFAULT_ACTION.to_owned(),
-            default_errno_ret: Some(crate::seccomp::DEFAULT_ERRNO_RET),
+            default_action: crate::export::seccomp::DEFAULT_ACTION.to_owned(),
+            default_errno_ret: Some(crate::export::seccomp::DEFAULT_ERRNO_RET),
             architectures: Vec::new(),
             flags: Vec::new(),
             listener_path: None,
@@ -134,7 +126,7 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, CompareError> {
                 vec![OciSyscallRule::allow(names)]
             },
         };
-        (FileFormat::Recorder, oci)
+        (Format::Json, oci)
     } else {
         return Err(malformed(
             path,
@@ -215,7 +207,7 @@ pub fn merge(policies: &[Policy]) -> Result<OciSeccomp, CompareError> {
         return Err(CompareError::Incompatible("nothing to merge".to_owned()));
     };
     for policy in policies {
-        if policy.format == FileFormat::Recorder {
+        if policy.format == Format::Json {
             return Err(CompareError::Incompatible(format!(
                 "{}: a recorder profile has no architectures; export it with --format oci to merge it",
                 policy.path.display()
@@ -233,7 +225,7 @@ pub fn merge(policies: &[Policy]) -> Result<OciSeccomp, CompareError> {
         }
         // SPO has no defaultErrnoRet: its EPERM default equals an OCI defaultErrnoRet of 1.
         let errno = |p: &Policy| match (p.format, p.oci.default_errno_ret) {
-            (FileFormat::Spo, None) => Some(1),
+            (Format::Spo, None) => Some(1),
             (_, errno) => errno,
         };
         if errno(first) != errno(policy) {
@@ -317,15 +309,15 @@ pub fn merge(policies: &[Policy]) -> Result<OciSeccomp, CompareError> {
 mod tests {
     use super::*;
     use crate::{
+        export::seccomp::{oci_allow_list, spo_profile},
         profile::Identity,
-        seccomp::{oci_allow_list, spo_profile},
-        syscalls::Arch,
+        profile::syscalls::Arch,
     };
 
     fn oci(names: &[&str], arch: Arch) -> Policy {
         Policy {
             path: PathBuf::from(format!("{}.json", names.join("-"))),
-            format: FileFormat::Oci,
+            format: Format::Oci,
             oci: oci_allow_list(names.iter().copied(), arch),
         }
     }
@@ -338,7 +330,7 @@ mod tests {
             &serde_json::to_string(&oci_allow_list(["read", "write"], Arch::X86_64)).expect("json"),
         )
         .expect("oci");
-        assert_eq!(from_oci.format, FileFormat::Oci);
+        assert_eq!(from_oci.format, Format::Oci);
         assert_eq!(
             from_oci.allowed().into_iter().collect::<Vec<_>>(),
             ["read", "write"]
@@ -352,7 +344,7 @@ mod tests {
         profile.syscalls.insert("mkdir".into(), 1);
         let from_json =
             parse_policy(path, &serde_json::to_string(&profile).expect("json")).expect("recorder");
-        assert_eq!(from_json.format, FileFormat::Recorder);
+        assert_eq!(from_json.format, Format::Json);
         assert_eq!(
             from_json.allowed().into_iter().collect::<Vec<_>>(),
             ["mkdir", "read"]
@@ -370,7 +362,7 @@ mod tests {
         let spo = spo_profile(&profile, Arch::X86_64);
         let from_spo =
             parse_policy(path, &serde_json::to_string(&spo).expect("json")).expect("spo");
-        assert_eq!(from_spo.format, FileFormat::Spo);
+        assert_eq!(from_spo.format, Format::Spo);
         assert_eq!(from_spo.allowed(), from_json.allowed());
 
         for bad in [

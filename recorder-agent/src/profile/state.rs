@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{collector::KernelSnapshot, profile::Profile, syscalls::Arch};
+use crate::{collection::KernelSnapshot, profile::Profile, profile::syscalls::Arch};
 
 /// Version this agent writes and reads.
 pub const STATE_VERSION: u32 = 1;

@@ -18,11 +18,11 @@ use std::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::ExportFormat,
-    profile::{Identity, Profile, ProfileStore},
-    seccomp,
-    state::{self, StateError},
-    syscalls::Arch,
+    export::Format,
+    export::seccomp,
+    profile::state::{self, StateError},
+    profile::syscalls::Arch,
+    profile::{Identity, Profile, ProfileStore, WorkloadKind},
 };
 
 /// Subdirectory of the seccomp root that the agent owns.
@@ -111,7 +111,7 @@ pub fn relative_path(identity: &Identity) -> Result<PathBuf, DeliveryError> {
     let kind = safe_part(
         identity,
         "workload kind",
-        &identity.workload_kind.to_ascii_lowercase(),
+        &identity.workload_kind.as_str().to_ascii_lowercase(),
     )?;
     let workload = safe_part(identity, "workload", &identity.workload)?;
     let container = safe_part(identity, "container", &identity.container)?;
@@ -202,7 +202,16 @@ impl Delivery {
     /// from what was written last.
     fn needs_write(&self, profile: &Profile) -> bool {
         let identity = &profile.identity;
-        if identity.workload_kind == "Cgroup" || self.rejected.contains(identity) {
+        // Host cgroups are no container's profile: kubelet never asks for them.
+        let deliverable = match identity.workload_kind {
+            WorkloadKind::Cgroup => false,
+            WorkloadKind::Kubernetes(_)
+            | WorkloadKind::Pod
+            | WorkloadKind::Container
+            | WorkloadKind::Command
+            | WorkloadKind::Other(_) => true,
+        };
+        if !deliverable || self.rejected.contains(identity) {
             return false;
         }
         match self.written.get(identity) {
@@ -260,7 +269,7 @@ impl Delivery {
     fn write(&mut self, profile: &Profile) -> Result<bool, DeliveryError> {
         let identity = &profile.identity;
         let path = self.root.join(relative_path(identity)?);
-        let bytes = seccomp::render(ExportFormat::Oci, profile, self.arch);
+        let bytes = seccomp::render(Format::Oci, profile, self.arch);
         let write_err = |source| DeliveryError::Write {
             identity: identity.to_string(),
             source,

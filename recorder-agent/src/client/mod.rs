@@ -1,6 +1,9 @@
 //! The client commands: `profiles`, `export`, `diff` and `merge`, talking to an agent's HTTP
 //! API (or to Prometheus) and reading profile files.
 
+pub mod http;
+pub mod promql;
+
 use std::{io::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, bail};
@@ -8,13 +11,16 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    api::PROFILES_PATH,
-    compare::{self, FileFormat, Policy},
-    config::{DiffArgs, ExportArgs, ExportFormat, ListOutput, MergeArgs, ProfilesArgs},
-    http_client::Server,
+    client::http::Server,
+    config::{DiffArgs, ExportArgs, ListOutput, MergeArgs, ProfilesArgs},
+    export::seccomp::{OciSeccomp, SpoSeccompProfile},
+    export::{
+        Format,
+        compare::{self, Policy},
+    },
+    profile::state,
     profile::{Identity, Profile},
-    seccomp::{OciSeccomp, SpoSeccompProfile},
-    state,
+    serve::api::PROFILES_PATH,
 };
 
 /// Exit code of a usage error (as clap's) and of `diff` when it cannot compare.
@@ -106,7 +112,7 @@ fn table(rows: &[ListedProfile]) -> String {
         let identity = &profile.identity;
         lines.push([
             or_underscore(&identity.namespace).to_owned(),
-            or_underscore(&identity.workload_kind).to_owned(),
+            or_underscore(identity.workload_kind.as_str()).to_owned(),
             or_underscore(&identity.workload).to_owned(),
             or_underscore(&identity.container).to_owned(),
             profile.syscalls.len().to_string(),
@@ -155,7 +161,7 @@ pub fn profiles(args: ProfilesArgs) -> anyhow::Result<ExitCode> {
 /// `recorder-agent export`.
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     if args.prometheus.is_some() {
-        return crate::promql::export(args);
+        return crate::client::promql::export(args);
     }
     let identity = match parse_selector(&args.selector) {
         Ok(identity) => identity,
@@ -166,9 +172,9 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     };
     let server = Server::parse(&args.server)?;
     let format = match args.format {
-        ExportFormat::Oci => "oci",
-        ExportFormat::Spo => "spo",
-        ExportFormat::Json => "json",
+        Format::Oci => "oci",
+        Format::Spo => "spo",
+        Format::Json => "json",
     };
     let path = format!("{PROFILES_PATH}/{}?format={format}", identity.url_path());
     let body = get_ok(&server, &path, &format!("profile {identity}"))?;
@@ -176,15 +182,15 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     // Parsed into the typed shape so that what is written is checked, and pretty-printed in
     // the field order of the format.
     let (bytes, syscalls) = match args.format {
-        ExportFormat::Oci => {
+        Format::Oci => {
             let oci: OciSeccomp = serde_json::from_slice(&body).with_context(invalid)?;
             (pretty(&oci)?, oci.allowed_names().len())
         }
-        ExportFormat::Spo => {
+        Format::Spo => {
             let spo: SpoSeccompProfile = serde_json::from_slice(&body).with_context(invalid)?;
             (pretty(&spo)?, spo.spec.to_oci().allowed_names().len())
         }
-        ExportFormat::Json => {
+        Format::Json => {
             let value: Value = serde_json::from_slice(&body).with_context(invalid)?;
             let count = value["syscalls"]
                 .as_object()
@@ -204,9 +210,9 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 fn describe(policy: &Policy) -> String {
     let format = match policy.format {
-        FileFormat::Oci => "OCI seccomp",
-        FileFormat::Spo => "SeccompProfile",
-        FileFormat::Recorder => "recorder profile",
+        Format::Oci => "OCI seccomp",
+        Format::Spo => "SeccompProfile",
+        Format::Json => "recorder profile",
     };
     format!(
         "{} ({format}, {} syscalls allowed)",
@@ -361,10 +367,10 @@ mod tests {
     fn diff_report_lists_changes_and_verdict() {
         let policy = |names: &[&str]| Policy {
             path: std::path::PathBuf::from(format!("{}.json", names.join("-"))),
-            format: FileFormat::Oci,
-            oci: crate::seccomp::oci_allow_list(
+            format: Format::Oci,
+            oci: crate::export::seccomp::oci_allow_list(
                 names.iter().copied(),
-                crate::syscalls::Arch::X86_64,
+                crate::profile::syscalls::Arch::X86_64,
             ),
         };
         let (old, new) = (policy(&["read", "write"]), policy(&["read", "mkdir"]));

@@ -1,0 +1,454 @@
+//! The recorder's one loader: loads the object, sizes and pins the maps, attaches (or keeps)
+//! the programs, and owns the maps the collection reads and writes through [`Recorder`].
+
+use std::{fs, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, Queue},
+    programs::{
+        ProgramError, RawTracePoint,
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+use recorder_ebpf::{
+    ALL_MAPS, CAPACITY_MAPS, Config, FIRST_CGROUP_SLOT, MAP_ACTIVE, MAP_CGROUP_SLOTS, MAP_CONFIG,
+    MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION, MAP_STATS, PROG_CGROUP_ATTACH, PROG_SYS_ENTER,
+    PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
+    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS,
+};
+
+use super::{
+    BpfError,
+    events::{CgroupEvents, attach_cgroup_mkdir},
+    map_err,
+    mapped::MappedCounters,
+    pin_err,
+    pins::{PinLock, prepare_pin_set},
+    preflight::{check_privileges, counter_blocks, cpu_stride, load_hint, raise_memlock_limit},
+    stats::{KernelStats, ProgramStats},
+};
+
+/// The kernel program, built by build.rs (empty when built with `RECORDER_SKIP_EBPF=1`).
+pub(super) static PROGRAM: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/recorder-ebpf"));
+
+/// How the kernel side relates to the previous agent run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Continuity {
+    /// The counters were pinned by a previous agent and are reused: they hold every syscall
+    /// counted since, also while no agent ran.
+    pub reused_maps: bool,
+    /// The previous programs were identical and stay attached (no gap at all).
+    pub reused_programs: bool,
+    /// Kernel id of the counters map: saved baselines apply only to the same map.
+    pub counts_map_id: u32,
+}
+
+/// How to load the recorder.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Number of cgroups that can be counted at once.
+    pub capacity: u32,
+    /// Thread group whose syscalls are not counted (the agent's own pid), or 0.
+    pub skip_tgid: u32,
+    /// A bpf filesystem to pin maps and links in, so counting survives agent restarts.
+    pub bpffs: Option<PathBuf>,
+}
+
+/// Counter totals of one slot, summed over CPUs.
+pub type Totals = Box<[u64; SYSCALL_COLUMNS]>;
+
+/// A loaded and attached recorder.
+pub struct Recorder {
+    // Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    counts: MappedCounters,
+    slots: HashMap<MapData, u64, u32>,
+    free: Queue<MapData, u32>,
+    generation: Array<MapData, u64>,
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, u64>,
+    capacity: u32,
+    continuity: Continuity,
+    _pin_lock: Option<PinLock>,
+    /// Kernel ids of the attached programs: the loaded ones, or those a previous agent left
+    /// attached (their run statistics are what counts).
+    attached: Vec<(&'static str, u32)>,
+    cgroup_events: Option<CgroupEvents>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("capacity", &self.capacity)
+            .field("cpus", &self.counts.cpus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// Loads the programs, sizes the maps for `capacity` cgroups, fills the free-slot queue
+    /// and attaches: counting starts when this returns.
+    pub fn load_and_attach(options: LoadOptions) -> Result<Self, BpfError> {
+        if PROGRAM.is_empty() {
+            return Err(BpfError::NoProgram);
+        }
+        check_privileges()?;
+        raise_memlock_limit();
+        let capacity = options.capacity.max(1);
+        let cpus = cpu_stride()?;
+        let counter_blocks = counter_blocks(capacity, cpus)?;
+        let pin = match &options.bpffs {
+            Some(bpffs) => prepare_pin_set(bpffs, capacity, counter_blocks)?,
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        for map in CAPACITY_MAPS {
+            let entries = match map {
+                MAP_COUNTS => counter_blocks,
+                MAP_ACTIVE => capacity + 1,
+                _ => capacity,
+            };
+            loader.map_max_entries(map, entries);
+        }
+        if let Some(pin) = &pin {
+            for map in ALL_MAPS {
+                loader.map_pin_path(map, pin.dir.join(map));
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM).map_err(|source| BpfError::Load {
+            source: Box::new(source),
+            hint: load_hint(),
+        })?;
+        if let Some(pin) = &pin
+            && let Some((name, _)) = ebpf.maps().find(|(name, _)| !ALL_MAPS.contains(name))
+        {
+            return Err(pin_err(
+                &pin.dir,
+                format!("map {name} is missing from ALL_MAPS"),
+            ));
+        }
+
+        let counts_map = take(&mut ebpf, MAP_COUNTS)?;
+        let counts_map_id = match &counts_map {
+            aya::maps::Map::Array(data) => data.info().map(|info| info.id()).unwrap_or(0),
+            _ => 0,
+        };
+        let counts = MappedCounters::map(
+            Array::try_from(counts_map).map_err(map_err(MAP_COUNTS))?,
+            Array::try_from(take(&mut ebpf, MAP_ACTIVE)?).map_err(map_err(MAP_ACTIVE))?,
+            cpus,
+            capacity + 1,
+        )?;
+        let slots = HashMap::try_from(take(&mut ebpf, MAP_CGROUP_SLOTS)?)
+            .map_err(map_err(MAP_CGROUP_SLOTS))?;
+        let mut free =
+            Queue::try_from(take(&mut ebpf, MAP_FREE_SLOTS)?).map_err(map_err(MAP_FREE_SLOTS))?;
+        let generation: Array<MapData, u64> =
+            Array::try_from(take(&mut ebpf, MAP_GENERATION)?).map_err(map_err(MAP_GENERATION))?;
+        let config: Array<MapData, Config> =
+            Array::try_from(take(&mut ebpf, MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+        let stats =
+            PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+
+        let reused_maps = pin.as_ref().is_some_and(|pin| pin.reuse);
+        if !reused_maps {
+            for slot in FIRST_CGROUP_SLOT..=capacity {
+                free.push(slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
+            }
+        }
+        let mut recorder_maps = (counts, slots, free, generation, config, stats);
+        {
+            let (_, _, _, generation, config, _) = &mut recorder_maps;
+            // The previous agent's pid may now belong to anything: the new one is skipped instead.
+            config
+                .set(
+                    0,
+                    Config {
+                        skip_tgid: options.skip_tgid,
+                        cpus,
+                    },
+                    0,
+                )
+                .map_err(map_err(MAP_CONFIG))?;
+            let current = generation.get(&0, 0).map_err(map_err(MAP_GENERATION))?;
+            generation
+                .set(0, current.wrapping_add(1 << 32), 0)
+                .map_err(map_err(MAP_GENERATION))?;
+        }
+
+        // Cache invalidation first, so the counter never runs without it.
+        let mut reused_programs = true;
+        let mut attached = Vec::new();
+        for (name, tracepoint) in [
+            (PROG_CGROUP_ATTACH, "cgroup_attach_task"),
+            (PROG_TASK_EXIT, "sched_process_exit"),
+            (PROG_SYS_ENTER, "sys_enter"),
+        ] {
+            let program = load_raw_tracepoint(&mut ebpf, name)?;
+            let link_path = pin.as_ref().map(|pin| pin.dir.join(format!("link_{name}")));
+            if let Some(link_path) = &link_path
+                && reused_maps
+                && let Ok(old) = PinnedLink::from_pin(link_path)
+            {
+                let old = FdLink::from(old);
+                let new_tag = program.info().map(|info| info.tag()).ok();
+                let old_tag = old.info().ok().and_then(|link| {
+                    loaded_programs()
+                        .flatten()
+                        .find(|info| info.id() == link.program_id())
+                        .map(|info| info.tag())
+                });
+                if new_tag.is_some() && new_tag == old_tag {
+                    // The same program stays attached (the pin holds it): no syscall is missed.
+                    if let Ok(link) = old.info() {
+                        attached.push((name, link.program_id()));
+                    }
+                    continue;
+                }
+                // An upgrade: the old program goes first, so no syscall is counted twice (the
+                // few calls between detach and attach are missed instead).
+                fs::remove_file(link_path).map_err(|err| pin_err(link_path, err))?;
+                drop(old);
+            }
+            reused_programs = false;
+            if let Ok(info) = program.info() {
+                attached.push((name, info.id()));
+            }
+            let link_id =
+                program
+                    .attach(tracepoint)
+                    .map_err(program_err("attaching", name, load_hint()))?;
+            if let Some(link_path) = &link_path {
+                let link = program
+                    .take_link(link_id)
+                    .map_err(|source| BpfError::Program {
+                        action: "pinning",
+                        program: name,
+                        source: Box::new(source),
+                        hint: String::new(),
+                    })?;
+                let link = FdLink::from(link);
+                link.pin(link_path).map_err(|err| pin_err(link_path, err))?;
+            }
+        }
+        // Optional: without it short-lived cgroups are learned only by the tree walk.
+        let cgroup_events = match attach_cgroup_mkdir(&mut ebpf) {
+            Ok(events) => Some(events),
+            Err(err) => {
+                tracing::warn!(error = %err, "cgroup creation events unavailable; cgroups that live shorter than an interval may stay unresolved");
+                None
+            }
+        };
+        let (counts, slots, free, generation, config, stats) = recorder_maps;
+        Ok(Self {
+            _ebpf: ebpf,
+            cgroup_events,
+            counts,
+            slots,
+            free,
+            generation,
+            config,
+            stats,
+            capacity,
+            continuity: Continuity {
+                reused_maps,
+                reused_programs: reused_maps && reused_programs,
+                counts_map_id,
+            },
+            _pin_lock: pin.map(|pin| pin.lock),
+            attached,
+        })
+    }
+
+    /// How this load relates to the previous agent run.
+    pub fn continuity(&self) -> Continuity {
+        self.continuity
+    }
+
+    /// The stream of created cgroups' paths (once; `None` if the program could not attach).
+    pub fn take_cgroup_events(&mut self) -> Option<CgroupEvents> {
+        self.cgroup_events.take()
+    }
+
+    /// Number of cgroups that can be counted at once.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The (cgroup id, slot) pairs the kernel has handed out.
+    pub fn slots(&self) -> Result<Vec<(u64, u32)>, BpfError> {
+        self.slots
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_CGROUP_SLOTS))
+    }
+
+    /// The counters of `slot`, summed over CPUs.
+    pub fn read_slot(&self, slot: u32) -> Result<Totals, BpfError> {
+        let mut totals: Totals = Box::new([0; SYSCALL_COLUMNS]);
+        self.read_slot_into(slot, &mut totals)?;
+        Ok(totals)
+    }
+
+    /// Like [`read_slot`](Self::read_slot), into `totals`: the collection's inner loop, plain
+    /// memory reads of the mapped counters (no syscall, no copy).
+    pub fn read_slot_into(
+        &self,
+        slot: u32,
+        totals: &mut [u64; SYSCALL_COLUMNS],
+    ) -> Result<(), BpfError> {
+        self.counts.read_slot_into(slot, totals)
+    }
+
+    /// Whether a task counting in `slot` missed the cache since the last call (which clears
+    /// the mark). After [`invalidate_caches`](Self::invalidate_caches), every task that keeps
+    /// counting misses once more and marks its slot again, so a slot that is not marked has not
+    /// counted since, except for the few calls already in flight at the invalidation.
+    pub fn take_active(&self, slot: u32) -> Result<bool, BpfError> {
+        self.counts.take_active(slot)
+    }
+
+    /// Invalidates every CPU's cached slots.
+    pub fn invalidate_caches(&mut self) -> Result<(), BpfError> {
+        // The marks taken before must be cleared before any CPU can see the new generation.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.bump_generation()
+    }
+
+    /// Registers `cgroup` from user space (before it runs anything), so it has a slot even if
+    /// the kernel would find the queue empty later. Returns its slot.
+    pub fn reserve(&mut self, cgroup: u64) -> Result<u32, BpfError> {
+        if let Ok(slot) = self.slots.get(&cgroup, 0) {
+            return Ok(slot);
+        }
+        let slot = self.free.pop(0).map_err(map_err(MAP_FREE_SLOTS))?;
+        self.slots
+            .insert(cgroup, slot, 0)
+            .map_err(map_err(MAP_CGROUP_SLOTS))?;
+        Ok(slot)
+    }
+
+    /// Gives the slot of a removed cgroup back: unregisters it, invalidates the caches, reads
+    /// its final counters, zeroes them and returns the slot to the free queue. Returns the final
+    /// totals, which the caller folds like any other read.
+    pub fn release(&mut self, cgroup: u64, slot: u32) -> Result<Totals, BpfError> {
+        self.slots
+            .remove(&cgroup)
+            .map_err(map_err(MAP_CGROUP_SLOTS))?;
+        self.bump_generation()?;
+        let totals = self.read_slot(slot)?;
+        self.counts.zero_slot(slot)?;
+        self.free.push(slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
+        Ok(totals)
+    }
+
+    /// Invalidates every CPU's cached slot.
+    fn bump_generation(&mut self) -> Result<(), BpfError> {
+        // Not atomic with the kernel's bumps, but any change of value invalidates the caches,
+        // and a lost kernel bump only matters for a value the kernel then changes again.
+        let current = self
+            .generation
+            .get(&0, 0)
+            .map_err(map_err(MAP_GENERATION))?;
+        self.generation
+            .set(0, current.wrapping_add(1 << 32), 0)
+            .map_err(map_err(MAP_GENERATION))
+    }
+
+    /// Changes the thread group that is not counted.
+    pub fn set_skip_tgid(&mut self, tgid: u32) -> Result<(), BpfError> {
+        self.config
+            .set(
+                0,
+                Config {
+                    skip_tgid: tgid,
+                    cpus: self.counts.cpus,
+                },
+                0,
+            )
+            .map_err(map_err(MAP_CONFIG))?;
+        self.bump_generation()
+    }
+
+    /// Run count and run time of each attached program (see [`ProgramStats`]).
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, BpfError> {
+        let loaded: std::collections::HashMap<u32, (u64, std::time::Duration)> = loaded_programs()
+            .flatten()
+            .map(|info| (info.id(), (info.run_count(), info.run_time())))
+            .collect();
+        Ok(self
+            .attached
+            .iter()
+            .filter_map(|(name, id)| {
+                loaded.get(id).map(|(run_count, run_time)| ProgramStats {
+                    program: name,
+                    run_count: *run_count,
+                    run_time: *run_time,
+                })
+            })
+            .collect())
+    }
+
+    /// How many slots the kernel has handed out since loading: when it has not changed, neither
+    /// has the slot table (user space changes it only through [`Self::reserve`] and
+    /// [`Self::release`]).
+    pub fn slots_allocated(&self) -> Result<u64, BpfError> {
+        let values = self
+            .stats
+            .get(&STAT_SLOT_ALLOCATED, 0)
+            .map_err(map_err(MAP_STATS))?;
+        Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+    }
+
+    /// The kernel-side counters.
+    pub fn stats(&self) -> Result<KernelStats, BpfError> {
+        let read = |index: u32| -> Result<u64, BpfError> {
+            let values = self.stats.get(&index, 0).map_err(map_err(MAP_STATS))?;
+            Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+        };
+        debug_assert_eq!(STAT_COUNT, 5);
+        Ok(KernelStats {
+            cache_misses: read(STAT_CACHE_MISS)?,
+            slots_allocated: read(STAT_SLOT_ALLOCATED)?,
+            slot_exhausted: read(STAT_SLOT_EXHAUSTED)?,
+            map_errors: read(STAT_MAP_ERROR)?,
+            slot_races: read(STAT_SLOT_RACE)?,
+        })
+    }
+}
+
+pub(super) fn program_err(
+    action: &'static str,
+    program: &'static str,
+    hint: String,
+) -> impl FnOnce(ProgramError) -> BpfError {
+    move |source| BpfError::Program {
+        action,
+        program,
+        source: Box::new(source),
+        hint,
+    }
+}
+
+/// Finds raw tracepoint program `name` in the object and loads it (verification happens here).
+pub(super) fn load_raw_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut RawTracePoint, BpfError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingMap(name))?
+        .try_into()
+        .map_err(program_err("loading", name, String::new()))?;
+    program
+        .load()
+        .map_err(program_err("loading", name, load_hint()))?;
+    Ok(program)
+}
+
+pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+    ebpf.take_map(name).ok_or(BpfError::MissingMap(name))
+}

@@ -1,0 +1,120 @@
+//! Kernel access: loading, attaching and pinning the programs, the mapped counters, kernel
+//! statistics, cgroup creation events and the preflight checks that name what the host lacks.
+//! The only module that touches aya; the ABI it shares with the kernel program is
+//! `recorder_ebpf`.
+
+mod events;
+mod loader;
+mod mapped;
+mod pins;
+mod preflight;
+mod probe;
+mod stats;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{maps::MapError, programs::ProgramError};
+
+pub use events::CgroupEvents;
+pub use loader::{Continuity, LoadOptions, Recorder, Totals};
+pub use pins::{is_bpffs, pin_root, unpin_all};
+pub use preflight::{check_privileges, kernel_has_btf};
+pub use probe::EmptyProbe;
+pub use stats::{KernelStats, ProgramStats, bpf_stats_enabled};
+
+/// Errors of kernel access, each naming what is missing or what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// The agent was built without the kernel program.
+    #[error(
+        "this agent was built with RECORDER_SKIP_EBPF=1 and has no eBPF program; rebuild \
+         without it (`cargo xtask setup` installs what the build needs)"
+    )]
+    NoProgram,
+    /// Missing privileges.
+    #[error("missing privilege: {0}")]
+    Privilege(String),
+    /// Loading the object or creating the maps failed.
+    #[error("loading the eBPF program failed: {source}{hint}")]
+    Load {
+        /// The cause.
+        #[source]
+        source: Box<aya::EbpfError>,
+        /// What is probably missing.
+        hint: String,
+    },
+    /// A program failed verification or attach.
+    #[error("{action} program {program}: {source}{hint}")]
+    Program {
+        /// `loading` or `attaching`.
+        action: &'static str,
+        /// Program name.
+        program: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<ProgramError>,
+        /// What is probably missing.
+        hint: String,
+    },
+    /// A map is missing from the object (an ABI mismatch).
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// The number of CPUs could not be read.
+    #[error("reading the possible CPUs: {0}")]
+    Cpus(io::Error),
+    /// The counters for this capacity would not fit in one kernel array.
+    #[error(
+        "--max-cgroups {capacity} needs more counters than one kernel array holds on {cpus} \
+         CPUs; use --max-cgroups {max} or less"
+    )]
+    Capacity {
+        /// The capacity asked for.
+        capacity: u32,
+        /// Possible CPUs.
+        cpus: u32,
+        /// The largest capacity that fits.
+        max: u32,
+    },
+    /// A slot beyond the counters map (a corrupt slot table).
+    #[error("slot {slot} is outside the counters map ({slots} slots)")]
+    SlotOutOfRange {
+        /// The slot asked for.
+        slot: u32,
+        /// Slots in the map.
+        slots: u32,
+    },
+    /// Managing the pinned maps and links failed.
+    #[error("pinning in {path}: {reason}")]
+    Pin {
+        /// The pin directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+pub(crate) fn pin_err(path: &Path, reason: impl std::fmt::Display) -> BpfError {
+    BpfError::Pin {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map {
+        map,
+        source: Box::new(source),
+    }
+}

@@ -1,0 +1,157 @@
+//! All profiles the agent knows, by identity: the one place counter deltas are folded into
+//! profiles.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
+
+use super::{Identity, Profile, syscalls::Arch};
+
+/// All profiles the agent knows, by identity.
+///
+/// A hash map: every collection round looks up each active cgroup's profile, and in an ordered
+/// map that is a dozen comparisons of identities sharing long prefixes (cgroup paths, pod
+/// names), each a cache miss. Listings sort instead (rare, and off the collection path).
+#[derive(Clone, Debug, Default)]
+pub struct ProfileStore {
+    profiles: HashMap<Identity, Profile>,
+}
+
+impl ProfileStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds counter deltas to `identity`'s profile, creating it on the first call.
+    /// Returns whether a new syscall appeared.
+    pub fn add_counts(
+        &mut self,
+        identity: &Identity,
+        arch: Arch,
+        deltas: &[u64],
+        now: SystemTime,
+    ) -> bool {
+        if deltas.iter().all(|&delta| delta == 0) {
+            return false;
+        }
+        self.with_profile(identity, now, |profile| {
+            profile.add_counts(arch, deltas, now)
+        })
+    }
+
+    /// Runs `f` on `identity`'s profile, created (first seen `now`) if missing: one lookup
+    /// and no key clone for the common case of an existing profile.
+    fn with_profile<R>(
+        &mut self,
+        identity: &Identity,
+        now: SystemTime,
+        f: impl FnOnce(&mut Profile) -> R,
+    ) -> R {
+        if let Some(profile) = self.profiles.get_mut(identity) {
+            return f(profile);
+        }
+        f(self
+            .profiles
+            .entry(identity.clone())
+            .or_insert_with(|| Profile::new(identity.clone(), now)))
+    }
+
+    /// Like [`add_counts`](Self::add_counts) with sparse `(nr, delta)` pairs.
+    pub fn add_sparse(
+        &mut self,
+        identity: &Identity,
+        arch: Arch,
+        deltas: &[(u16, u64)],
+        now: SystemTime,
+    ) -> bool {
+        if deltas.iter().all(|&(_, delta)| delta == 0) {
+            return false;
+        }
+        self.with_profile(identity, now, |profile| {
+            profile.add_sparse(arch, deltas, now)
+        })
+    }
+
+    /// Inserts a profile, merging with an existing one of the same identity.
+    pub fn merge_profile(&mut self, profile: Profile) {
+        match self.profiles.get_mut(&profile.identity) {
+            Some(existing) => existing.merge(&profile),
+            None => {
+                self.profiles.insert(profile.identity.clone(), profile);
+            }
+        }
+    }
+
+    /// Freezes the baseline of every profile that is stable at `now` and has none yet
+    /// (see [`Profile::freeze_baseline_if_stable`]). Returns how many were frozen.
+    pub fn freeze_stable_baselines(&mut self, now: SystemTime, stable_after: Duration) -> usize {
+        self.profiles
+            .values_mut()
+            .filter_map(|profile| {
+                profile
+                    .freeze_baseline_if_stable(now, stable_after)
+                    .then_some(())
+            })
+            .count()
+    }
+
+    /// Sets the baseline of one profile (see [`Profile::set_baseline`]); false when unknown.
+    pub fn set_baseline<I, S>(
+        &mut self,
+        identity: &Identity,
+        syscalls: I,
+        since: SystemTime,
+    ) -> bool
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        match self.profiles.get_mut(identity) {
+            Some(profile) => {
+                profile.set_baseline(syscalls, since);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves a profile to another identity (merging), e.g. when metadata arrives.
+    pub fn rename(&mut self, from: &Identity, to: &Identity) {
+        if from == to {
+            return;
+        }
+        if let Some(mut profile) = self.profiles.remove(from) {
+            profile.identity = to.clone();
+            self.merge_profile(profile);
+        }
+    }
+
+    /// One profile.
+    pub fn get(&self, identity: &Identity) -> Option<&Profile> {
+        self.profiles.get(identity)
+    }
+
+    /// Every profile in no particular order: for whoever does not need the sort.
+    pub fn values(&self) -> impl Iterator<Item = &Profile> {
+        self.profiles.values()
+    }
+
+    /// All profiles, ordered by identity.
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        let mut profiles: Vec<&Profile> = self.profiles.values().collect();
+        profiles.sort_unstable_by(|a, b| a.identity.cmp(&b.identity));
+        profiles.into_iter()
+    }
+
+    /// Number of profiles.
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Whether there is no profile.
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
