@@ -17,7 +17,7 @@ use crate::{
     config::{BenchCollectArgs, BenchProbeArgs, BenchProgram},
     kernel::{EmptyProbe, LoadOptions, Recorder},
     profile::syscalls::Arch,
-    profile::{Identity, ProfileStore},
+    profile::{Identity, SharedProfiles},
 };
 
 /// `bench-probe`: attach, say `ready`, hold until stdin closes, then print kernel stats: the
@@ -157,7 +157,7 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
         })?;
         let cgroups = BenchCgroups::create(&root, n)?;
         let mut collector = Collector::new(recorder, Resolver::new(root.clone()), arch);
-        let store = std::sync::RwLock::new(ProfileStore::new());
+        let store = SharedProfiles::new();
         let identify = |_id: u64, path: Option<&str>| {
             path.map_or_else(Identity::unresolved, Identity::from_cgroup_path)
         };

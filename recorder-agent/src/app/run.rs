@@ -20,7 +20,7 @@ use crate::{
     profile::Identity,
     profile::state::{Loaded, StateDir},
     profile::syscalls::Arch,
-    serve::api::{self, Shared},
+    serve::{self, Shared},
 };
 
 /// How often learned profiles are flushed to the state dir (and on shutdown).
@@ -113,18 +113,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Loaded::Profiles(profiles, kernel) => {
             info!(path = %state.file().display(), profiles = profiles.len(), "restored profiles");
             saved_kernel = kernel;
-            let mut store = shared
-                .profiles
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for profile in profiles {
-                store.merge_profile(profile);
-            }
+            shared.profiles.update(|store| {
+                for profile in profiles {
+                    store.merge_profile(profile);
+                }
+            });
         }
         Loaded::MovedAside { reason, aside } => warn!(
             path = %state.file().display(),
             aside = %aside.display(),
-            "state file unreadable ({reason}); moved aside, starting with no profiles"
+            error = &reason as &dyn std::error::Error,
+            "state file unreadable; moved aside, starting with no profiles"
         ),
     }
 
@@ -194,7 +193,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(Arc::clone(&shared)))
+        axum::serve(listener, serve::router(Arc::clone(&shared)))
             .with_graceful_shutdown(async {
                 let _ = shutdown_rx.await;
             })
@@ -322,7 +321,9 @@ fn collection_loop(
                     SystemTime::now(),
                     &|id: u64, path: Option<&str>| attribution.identify(id, path),
                 );
-                attribution.apply_renames(&shared.profiles);
+                shared
+                    .profiles
+                    .update(|store| attribution.apply_renames(store));
                 result
             }
             None => collector.collect(&shared.profiles, SystemTime::now(), &identify),
@@ -333,9 +334,7 @@ fn collection_loop(
         // Drift is measured against the profile as it stood when it became stable.
         shared
             .profiles
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .freeze_stable_baselines(SystemTime::now(), shared.stable_after);
+            .update(|store| store.freeze_stable_baselines(SystemTime::now(), shared.stable_after));
         match round {
             Ok(stats) => {
                 tracing::debug!(
@@ -383,13 +382,7 @@ fn collection_loop(
             collector.has_pending_releases() && last_save.elapsed() >= RELEASE_SAVE_EVERY;
         if stopping || release_due || last_save.elapsed() >= STATE_SAVE_EVERY {
             last_save = Instant::now();
-            let profiles: Vec<_> = shared
-                .profiles
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .cloned()
-                .collect();
+            let profiles: Vec<_> = shared.profiles.read().iter().cloned().collect();
             match state.save(shared.arch, profiles, Some(collector.snapshot())) {
                 Ok(()) => {
                     if let Err(err) = collector.release_pending(&shared.profiles, SystemTime::now())

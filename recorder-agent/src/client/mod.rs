@@ -2,14 +2,16 @@
 //! API (or to Prometheus) and reading profile files.
 
 pub mod http;
+mod output;
 pub mod promql;
 
-use std::{io::Write as _, path::Path, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
+use self::output::{emit, pretty};
 use crate::{
     client::http::Server,
     config::{DiffArgs, ExportArgs, ListOutput, MergeArgs, ProfilesArgs},
@@ -18,7 +20,6 @@ use crate::{
         Format,
         compare::{self, Policy},
     },
-    profile::state,
     profile::{Identity, Profile},
     serve::api::PROFILES_PATH,
 };
@@ -56,27 +57,6 @@ fn get_ok(server: &Server, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
         );
     }
     bail!("{} answered {status}: {message}", server.url());
-}
-
-/// Writes `bytes` to `output` atomically, or to stdout.
-/// Writes `bytes` to `output` atomically, or to stdout.
-pub(crate) fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
-    match output {
-        Some(path) => state::write_atomic(path, bytes)?,
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(bytes).context("writing to stdout")?;
-            stdout.flush().context("writing to stdout")?;
-        }
-    }
-    Ok(())
-}
-
-/// Pretty JSON with a final newline.
-pub(crate) fn pretty(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = serde_json::to_vec_pretty(value)?;
-    bytes.push(b'\n');
-    Ok(bytes)
 }
 
 /// One row of the API's list.
@@ -171,11 +151,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let server = Server::parse(&args.server)?;
-    let format = match args.format {
-        Format::Oci => "oci",
-        Format::Spo => "spo",
-        Format::Json => "json",
-    };
+    let format = args.format;
     let path = format!("{PROFILES_PATH}/{}?format={format}", identity.url_path());
     let body = get_ok(&server, &path, &format!("profile {identity}"))?;
     let invalid = || format!("{} answered with an invalid {format} profile", server.url());
@@ -209,10 +185,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn describe(policy: &Policy) -> String {
+    // A recorder profile JSON is read as an allow-list, so it is named for what it is here.
     let format = match policy.format {
-        Format::Oci => "OCI seccomp",
-        Format::Spo => "SeccompProfile",
         Format::Json => "recorder profile",
+        other => other.describe(),
     };
     format!(
         "{} ({format}, {} syscalls allowed)",

@@ -20,14 +20,15 @@ use std::{
 use anyhow::bail;
 use serde::Deserialize;
 
+use super::output::{emit, pretty};
 use crate::{
-    client::{emit, pretty},
     config::ExportArgs,
     export::Format,
     export::seccomp,
     profile::syscalls::Arch,
     profile::{Identity, Profile},
     serve::api::parse_identity_path,
+    serve::metrics::names,
 };
 
 /// Errors talking to Prometheus.
@@ -251,7 +252,7 @@ pub fn check_range(range: &str) -> Result<(), PromqlError> {
 /// The label matchers of one workload (an empty part matches the absent label): its series'
 /// labels, whose text-format escaping is also PromQL's.
 pub fn selector(identity: &Identity) -> String {
-    crate::serve::metrics::identity_labels(identity)
+    names::identity_labels(identity)
 }
 
 /// The queries an export sends.
@@ -274,26 +275,25 @@ pub struct Queries {
 impl Queries {
     /// The queries for `identity` over `range` (already checked).
     pub fn new(identity: &Identity, range: &str) -> Self {
+        use names::{
+            BUILD_INFO, PROFILE_FIRST_SEEN, PROFILE_LAST_NEW_SYSCALL, PROFILE_LAST_SEEN,
+            PROFILE_SYSCALLS, SYSCALLS_TOTAL, UNKNOWN_SYSCALLS_TOTAL,
+            label::{ARCH, SYSCALL},
+        };
         let sel = selector(identity);
         Self {
             syscalls: format!(
-                "sum by (syscall) (max_over_time(syscall_recorder_syscalls_total{{{sel}}}[{range}])) > 0"
+                "sum by ({SYSCALL}) (max_over_time({SYSCALLS_TOTAL}{{{sel}}}[{range}])) > 0"
             ),
-            unknown: format!(
-                "sum(max_over_time(syscall_recorder_unknown_syscalls_total{{{sel}}}[{range}]))"
-            ),
-            first_seen: format!(
-                "min(min_over_time(syscall_recorder_profile_first_seen_timestamp_seconds{{{sel}}}[{range}]))"
-            ),
-            last_seen: format!(
-                "max(max_over_time(syscall_recorder_profile_last_seen_timestamp_seconds{{{sel}}}[{range}]))"
-            ),
+            unknown: format!("sum(max_over_time({UNKNOWN_SYSCALLS_TOTAL}{{{sel}}}[{range}]))"),
+            first_seen: format!("min(min_over_time({PROFILE_FIRST_SEEN}{{{sel}}}[{range}]))"),
+            last_seen: format!("max(max_over_time({PROFILE_LAST_SEEN}{{{sel}}}[{range}]))"),
             last_new_syscall: format!(
-                "max(max_over_time(syscall_recorder_profile_last_new_syscall_timestamp_seconds{{{sel}}}[{range}]))"
+                "max(max_over_time({PROFILE_LAST_NEW_SYSCALL}{{{sel}}}[{range}]))"
             ),
             arches: format!(
-                "count by (arch) (max by (instance, job, arch) (max_over_time(syscall_recorder_build_info[{range}])) \
-                 and on (instance, job) max by (instance, job) (max_over_time(syscall_recorder_profile_syscalls{{{sel}}}[{range}])))"
+                "count by ({ARCH}) (max by (instance, job, {ARCH}) (max_over_time({BUILD_INFO}[{range}])) \
+                 and on (instance, job) max by (instance, job) (max_over_time({PROFILE_SYSCALLS}{{{sel}}}[{range}])))"
             ),
         }
     }
@@ -325,7 +325,7 @@ pub fn cluster_profile(
     let samples = prometheus.query(&queries.syscalls)?;
     let mut syscalls = BTreeMap::new();
     for sample in samples {
-        let Some(name) = sample.labels.get("syscall") else {
+        let Some(name) = sample.labels.get(names::label::SYSCALL) else {
             continue;
         };
         if sample.value.is_finite() && sample.value > 0.0 {
@@ -352,7 +352,11 @@ pub fn cluster_profile(
     let mut arches: Vec<Arch> = prometheus
         .query(&queries.arches)?
         .iter()
-        .filter_map(|s| s.labels.get("arch").and_then(|a| Arch::from_name(a)))
+        .filter_map(|s| {
+            s.labels
+                .get(names::label::ARCH)
+                .and_then(|a| Arch::from_name(a))
+        })
         .collect();
     arches.sort();
     arches.dedup();
@@ -396,16 +400,18 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let prometheus = Prometheus::new(url)?;
     let Some(cluster) = cluster_profile(&prometheus, &identity, &args.range)? else {
         bail!(
-            "no data: Prometheus at {url} has no syscall_recorder_syscalls_total for {identity} in the last {} \
+            "no data: Prometheus at {url} has no {} for {identity} in the last {} \
              (is it scraping the agents? `recorder-agent profiles` lists the identities)",
+            names::SYSCALLS_TOTAL,
             args.range
         );
     };
     let host = Arch::host().unwrap_or(Arch::X86_64);
     if cluster.arches.is_empty() {
         eprintln!(
-            "recorder-agent: note: Prometheus has no syscall_recorder_build_info for the nodes of {identity}; \
-             assuming this host's architecture"
+            "recorder-agent: note: Prometheus has no {} for the nodes of {identity}; \
+             assuming this host's architecture",
+            names::BUILD_INFO
         );
     } else if cluster.arches.len() > 1 {
         eprintln!(

@@ -8,13 +8,15 @@ use std::{
 };
 
 use recorder_ebpf::{OVERFLOW_SLOT, SYSCALL_COLUMNS};
-use serde::{Deserialize, Serialize};
 
 use crate::{
     attribution::cgroup::Resolver,
     kernel::{BpfError, Recorder, Totals},
     profile::syscalls::Arch,
-    profile::{Identity, ProfileStore},
+    profile::{
+        Identity, SharedProfiles,
+        state::{KernelSnapshot, SavedSlot},
+    },
 };
 
 /// What a round did.
@@ -53,33 +55,6 @@ const IDLE_RECHECK_ROUNDS: u32 = 8;
 /// were in flight when the caches were invalidated (and so left no mark) are folded, for a
 /// task that makes no further call.
 const SWEEP_ROUNDS: u32 = 60;
-
-/// The kernel counters as far as the saved profiles include them. Saved with the profiles, it
-/// lets an agent that finds its pinned counters after a restart (even after `kill -9`) add
-/// exactly what was counted since the save: nothing lost, nothing twice.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KernelSnapshot {
-    /// Kernel id of the counters map the totals were read from.
-    pub counts_map_id: u32,
-    /// Per slot: its cgroup, the identity it was attributed to, and its totals.
-    pub slots: Vec<SavedSlot>,
-    /// Totals of the overflow slot.
-    #[serde(default)]
-    pub overflow: BTreeMap<u16, u64>,
-}
-
-/// One slot of a [`KernelSnapshot`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedSlot {
-    /// Slot index.
-    pub slot: u32,
-    /// Cgroup id holding it.
-    pub cgroup: u64,
-    /// Identity its counts went to.
-    pub identity: Option<Identity>,
-    /// Non-zero totals by syscall number.
-    pub totals: BTreeMap<u16, u64>,
-}
 
 /// A saved sparse map as slot state: only columns that exist, only non-zero counts.
 fn from_saved(saved: &BTreeMap<u16, u64>) -> Sparse {
@@ -227,7 +202,7 @@ impl Collector {
     /// Counts that arrived after the final read (none, for a removed cgroup) are folded too.
     pub fn release_pending(
         &mut self,
-        store: &std::sync::RwLock<ProfileStore>,
+        store: &SharedProfiles,
         now: SystemTime,
     ) -> Result<usize, BpfError> {
         let mut pending: Vec<(u32, u64)> = self.pending_release.drain().collect();
@@ -258,12 +233,11 @@ impl Collector {
         // What was released is folded even when a later release failed; the rest waits for
         // the next save.
         self.pending_release.extend(pending.drain(released..));
-        let mut store = store
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (identity, delta) in updates {
-            store.add_sparse(&identity, self.arch, &delta, now);
-        }
+        store.update(|store| {
+            for (identity, delta) in updates {
+                store.add_sparse(&identity, self.arch, &delta, now);
+            }
+        });
         match failure {
             Some(err) => Err(err),
             None => Ok(released),
@@ -288,7 +262,7 @@ impl Collector {
     /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved).
     pub fn collect(
         &mut self,
-        store: &std::sync::RwLock<ProfileStore>,
+        store: &SharedProfiles,
         now: SystemTime,
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
@@ -302,7 +276,7 @@ impl Collector {
 
     fn round(
         &mut self,
-        store: &std::sync::RwLock<ProfileStore>,
+        store: &SharedProfiles,
         now: SystemTime,
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
@@ -432,18 +406,17 @@ impl Collector {
             }
         }
 
-        let mut store = store
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (slot, delta) in updates {
-            if let Some(identity) = self
-                .last
-                .get(&slot)
-                .and_then(|state| state.identity.as_ref())
-            {
-                store.add_sparse(identity, self.arch, &delta, now);
+        store.update(|store| {
+            for (slot, delta) in updates {
+                if let Some(identity) = self
+                    .last
+                    .get(&slot)
+                    .and_then(|state| state.identity.as_ref())
+                {
+                    store.add_sparse(identity, self.arch, &delta, now);
+                }
             }
-        }
+        });
         match failure {
             Some(err) => Err(err),
             None => Ok(stats),

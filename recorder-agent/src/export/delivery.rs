@@ -9,7 +9,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     sync::{
-        Arc, PoisonError, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::SystemTime,
@@ -22,7 +22,7 @@ use crate::{
     export::seccomp,
     profile::state::{self, StateError},
     profile::syscalls::Arch,
-    profile::{Identity, Profile, ProfileStore, WorkloadKind},
+    profile::{Identity, Profile, SharedProfiles, WorkloadKind},
 };
 
 /// Subdirectory of the seccomp root that the agent owns.
@@ -228,10 +228,9 @@ impl Delivery {
     /// kind `Cgroup` (host services, not containers) are not delivered: no pod can use them.
     /// The store is only read-locked to pick (and clone) the changed profiles, never during
     /// the file writes and their fsyncs.
-    pub fn deliver(&mut self, store: &RwLock<ProfileStore>) -> DeliveryStats {
+    pub fn deliver(&mut self, store: &SharedProfiles) -> DeliveryStats {
         let changed: Vec<Profile> = store
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .filter(|profile| self.needs_write(profile))
             .cloned()
@@ -309,23 +308,25 @@ mod tests {
 
     use super::*;
 
-    fn store_with(identity: &Identity, nrs: &[usize], at: u64) -> RwLock<ProfileStore> {
-        let store = RwLock::new(ProfileStore::new());
+    fn store_with(identity: &Identity, nrs: &[usize], at: u64) -> SharedProfiles {
+        let store = SharedProfiles::new();
         add(&store, identity, nrs, at);
         store
     }
 
-    fn add(store: &RwLock<ProfileStore>, identity: &Identity, nrs: &[usize], at: u64) {
+    fn add(store: &SharedProfiles, identity: &Identity, nrs: &[usize], at: u64) {
         let mut deltas = vec![0u64; 512];
         for &nr in nrs {
             deltas[nr] = 1;
         }
-        store.write().expect("lock").add_counts(
-            identity,
-            Arch::X86_64,
-            &deltas,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(at),
-        );
+        store.update(|store| {
+            store.add_counts(
+                identity,
+                Arch::X86_64,
+                &deltas,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+            )
+        });
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use identity::{Identity, IdentityError, WorkloadKind};
-pub use store::ProfileStore;
+pub use store::{ProfileStore, SharedProfiles};
 use syscalls::Arch;
 
 /// RFC 3339 timestamps (UTC, milliseconds) for serde.

@@ -3,6 +3,7 @@
 //! or written by a newer agent — is moved aside, never overwritten.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io::{self, Write as _},
     path::{Path, PathBuf},
@@ -11,12 +12,39 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{collection::KernelSnapshot, profile::Profile, profile::syscalls::Arch};
+use crate::profile::{Identity, Profile, syscalls::Arch};
 
 /// Version this agent writes and reads.
 pub const STATE_VERSION: u32 = 1;
 /// File name inside the state dir.
 pub const STATE_FILE: &str = "profiles.json";
+
+/// The kernel counters as far as the saved profiles include them. Saved with the profiles, it
+/// lets an agent that finds its pinned counters after a restart (even after `kill -9`) add
+/// exactly what was counted since the save: nothing lost, nothing twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSnapshot {
+    /// Kernel id of the counters map the totals were read from.
+    pub counts_map_id: u32,
+    /// Per slot: its cgroup, the identity it was attributed to, and its totals.
+    pub slots: Vec<SavedSlot>,
+    /// Totals of the overflow slot.
+    #[serde(default)]
+    pub overflow: BTreeMap<u16, u64>,
+}
+
+/// One slot of a [`KernelSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSlot {
+    /// Slot index.
+    pub slot: u32,
+    /// Cgroup id holding it.
+    pub cgroup: u64,
+    /// Identity its counts went to.
+    pub identity: Option<Identity>,
+    /// Non-zero totals by syscall number.
+    pub totals: BTreeMap<u16, u64>,
+}
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -77,22 +105,36 @@ pub enum Loaded {
     /// The file was unreadable and was moved to `aside`; the agent starts empty.
     MovedAside {
         /// Why.
-        reason: String,
+        reason: ParseError,
         /// Where the old file is now.
         aside: PathBuf,
     },
 }
 
+/// Why a state file cannot be used by this agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Written by a newer agent.
+    #[error(
+        "written by a newer agent (format version {version}, this agent reads {STATE_VERSION})"
+    )]
+    Newer {
+        /// The file's format version.
+        version: u32,
+    },
+    /// Not a state file.
+    #[error("corrupt")]
+    Corrupt(#[source] serde_json::Error),
+}
+
 /// Parses a state file's bytes; the error says why this agent cannot use them.
-pub fn parse(bytes: &[u8]) -> Result<StateFile, String> {
+pub fn parse(bytes: &[u8]) -> Result<StateFile, ParseError> {
     match serde_json::from_slice::<VersionOnly>(bytes) {
-        Ok(VersionOnly { version }) if version > STATE_VERSION => Err(format!(
-            "written by a newer agent (format version {version}, this agent reads {STATE_VERSION})"
-        )),
-        Ok(_) => {
-            serde_json::from_slice::<StateFile>(bytes).map_err(|err| format!("corrupt: {err}"))
+        Ok(VersionOnly { version }) if version > STATE_VERSION => {
+            Err(ParseError::Newer { version })
         }
-        Err(err) => Err(format!("corrupt: {err}")),
+        Ok(_) => serde_json::from_slice::<StateFile>(bytes).map_err(ParseError::Corrupt),
+        Err(err) => Err(ParseError::Corrupt(err)),
     }
 }
 
@@ -182,7 +224,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Identity;
 
     #[test]
     fn round_trip_and_missing() {

@@ -155,3 +155,37 @@ impl ProfileStore {
         self.profiles.is_empty()
     }
 }
+
+/// The profile store as the agent shares it between the collection loop (the writer) and the
+/// HTTP side (readers): the one place that knows its lock. Writes go through
+/// [`update`](Self::update), so a round's folding, renames and baselines land in one critical
+/// section; a panic while writing (a poisoned lock) leaves the store as the panic found it,
+/// which is still a valid store, so readers and writers go on.
+#[derive(Debug, Default)]
+pub struct SharedProfiles {
+    store: std::sync::RwLock<ProfileStore>,
+}
+
+impl SharedProfiles {
+    /// A shared empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the store (blocks while a write is under way).
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, ProfileStore> {
+        self.store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the store under its write lock.
+    pub fn update<R>(&self, change: impl FnOnce(&mut ProfileStore) -> R) -> R {
+        change(
+            &mut self
+                .store
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}

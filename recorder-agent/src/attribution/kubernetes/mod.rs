@@ -16,7 +16,7 @@ use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -511,15 +511,12 @@ impl Attribution {
     /// Merges the profiles of cgroups whose identity changed this round into their new
     /// identity (after the round's counts were added, so nothing is counted twice) and
     /// forgets cgroups not counted for a long time.
-    pub fn apply_renames(&self, store: &RwLock<ProfileStore>) -> usize {
+    pub fn apply_renames(&self, store: &mut ProfileStore) -> usize {
         let renames =
             std::mem::take(&mut *self.renames.lock().unwrap_or_else(PoisonError::into_inner));
-        if !renames.is_empty() {
-            let mut store = store.write().unwrap_or_else(PoisonError::into_inner);
-            for (from, to) in &renames {
-                debug!(%from, %to, "pod metadata arrived: moving profile to its workload");
-                store.rename(from, to);
-            }
+        for (from, to) in &renames {
+            debug!(%from, %to, "pod metadata arrived: moving profile to its workload");
+            store.rename(from, to);
         }
         let now = Instant::now();
         self.attributed
@@ -949,7 +946,7 @@ mod tests {
     fn late_metadata_moves_counts_once() {
         let index = Arc::new(Mutex::new(PodIndex::new()));
         let attribution = Attribution::new(Arc::clone(&index));
-        let store = RwLock::new(ProfileStore::new());
+        let mut store = ProfileStore::new();
         let path = format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ID_B}.scope",
             UID.replace('-', "_")
@@ -961,11 +958,8 @@ mod tests {
 
         let first = attribution.identify(7, Some(&path));
         assert_eq!(first.workload_kind, "Pod");
-        store
-            .write()
-            .expect("lock")
-            .add_counts(&first, arch, &deltas, now);
-        assert_eq!(attribution.apply_renames(&store), 0);
+        store.add_counts(&first, arch, &deltas, now);
+        assert_eq!(attribution.apply_renames(&mut store), 0);
 
         index
             .lock()
@@ -973,15 +967,10 @@ mod tests {
             .upsert(PodEntry::new(&pod(), w("Deployment", "web")));
         let second = attribution.identify(7, Some(&path));
         assert_eq!(second, Identity::new("shop", "Deployment", "web", "app"));
-        store
-            .write()
-            .expect("lock")
-            .add_counts(&second, arch, &deltas, now);
-        assert_eq!(attribution.apply_renames(&store), 1);
-        let store_now = store.read().expect("lock");
-        assert_eq!(store_now.len(), 1, "no double entries");
-        assert_eq!(store_now.get(&second).map(|p| p.total_calls()), Some(6));
-        drop(store_now);
+        store.add_counts(&second, arch, &deltas, now);
+        assert_eq!(attribution.apply_renames(&mut store), 1);
+        assert_eq!(store.len(), 1, "no double entries");
+        assert_eq!(store.get(&second).map(|p| p.total_calls()), Some(6));
 
         // Sticky once attributed, even after the pod is forgotten.
         index.lock().expect("lock").prune(Instant::now());
@@ -999,6 +988,6 @@ mod tests {
                 .workload_kind,
             "Cgroup"
         );
-        assert_eq!(attribution.apply_renames(&store), 0);
+        assert_eq!(attribution.apply_renames(&mut store), 0);
     }
 }

@@ -10,18 +10,14 @@
 //! attributed to a Kubernetes object) are folded per namespace and kind into
 //! `workload="(unattributed)"`, so no UID or container id becomes a label value.
 
+pub mod names;
+mod workloads;
+
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
-use axum::{
-    extract::State,
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder, core::Collector as _, process_collector::ProcessCollector,
@@ -31,25 +27,15 @@ use tracing::warn;
 use crate::{
     collection::{Collector, RoundStats},
     kernel::{self, BpfError},
-    profile::syscalls::Arch,
-    profile::{Identity, ProfileStore, WorkloadKind},
-    serve::api::Shared,
+    profile::{ProfileStore, syscalls::Arch},
 };
+pub use names::*;
+pub use workloads::{FOLDED_WORKLOAD, UNATTRIBUTED_WORKLOAD, has_id_token, metric_identity};
+use workloads::{family_header, render_workloads};
 
 /// Default of `--max-series`: about 150 workloads of 60 syscalls each, a heavy but sane
 /// target for one Prometheus scrape.
 pub const DEFAULT_MAX_SERIES: u32 = 10_000;
-
-/// Workload label of the series everything beyond `--max-series` is folded into.
-pub const FOLDED_WORKLOAD: &str = "(folded)";
-/// Workload label of identities with pod UIDs or container ids in Kubernetes mode.
-pub const UNATTRIBUTED_WORKLOAD: &str = "(unattributed)";
-
-/// Metric-name prefix.
-const PREFIX: &str = "syscall_recorder";
-
-/// Gauges exported per workload besides the per-syscall counters.
-const GAUGES_PER_WORKLOAD: usize = 5;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -139,10 +125,6 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(
     Ok(metric)
 }
 
-fn name(suffix: &str) -> String {
-    format!("{PREFIX}_{suffix}")
-}
-
 /// The running kernel's release (`uname -r`).
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -155,24 +137,22 @@ impl Metrics {
     pub fn new(options: MetricsOptions) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let r = &registry;
-        let int_gauge =
-            |suffix: &str, help: &str| register(r, suffix, IntGauge::new(name(suffix), help));
-        let int_counter =
-            |suffix: &str, help: &str| register(r, suffix, IntCounter::new(name(suffix), help));
+        let int_gauge = |name: &str, help: &str| register(r, name, IntGauge::new(name, help));
+        let int_counter = |name: &str, help: &str| register(r, name, IntCounter::new(name, help));
         let capacity = int_gauge(
-            "cgroup_capacity",
+            CGROUP_CAPACITY,
             "Cgroups the kernel can count at once (--max-cgroups).",
         )?;
         capacity.set(i64::from(options.capacity));
         let build_info = register(
             r,
-            "build_info",
+            BUILD_INFO,
             IntGaugeVec::new(
                 Opts::new(
-                    name("build_info"),
+                    BUILD_INFO,
                     "Agent version, kernel release and architecture of this node; always 1.",
                 ),
-                &["version", "kernel", "arch"],
+                &[label::VERSION, label::KERNEL, label::ARCH],
             ),
         )?;
         build_info
@@ -188,43 +168,43 @@ impl Metrics {
             .set(1);
         let metrics = Self {
             cgroups: int_gauge(
-                "cgroups_tracked",
+                CGROUPS_TRACKED,
                 "Cgroups holding a counter slot in the kernel at the last collection.",
             )?,
             slots_read: int_gauge(
-                "collection_slots_read",
+                COLLECTION_SLOTS_READ,
                 "Slots whose counters the last collection read: those that counted since the round before, new ones, and all of them in a periodic sweep.",
             )?,
             unresolved: int_gauge(
-                "cgroups_unresolved",
+                CGROUPS_UNRESOLVED,
                 "Cgroups whose path could not be resolved at the last collection.",
             )?,
             released: int_counter(
-                "cgroups_released_total",
+                CGROUPS_RELEASED_TOTAL,
                 "Counter slots given back because their cgroup was removed.",
             )?,
             lost_calls: int_counter(
-                "lost_calls_total",
+                LOST_CALLS_TOTAL,
                 "Syscalls not attributed to any cgroup because the kernel ran out of slots (raise --max-cgroups).",
             )?,
             slot_exhausted: int_counter(
-                "slot_exhausted_total",
+                SLOT_EXHAUSTED_TOTAL,
                 "Kernel-side slot allocations that found no free slot (capacity exhausted).",
             )?,
             map_errors: int_counter(
-                "kernel_map_errors_total",
+                KERNEL_MAP_ERRORS_TOTAL,
                 "Unexpected BPF map operation failures in the kernel program.",
             )?,
             collection_errors: int_counter(
-                "collection_errors_total",
+                COLLECTION_ERRORS_TOTAL,
                 "Collection rounds that failed.",
             )?,
             collection_duration: register(
                 r,
-                "collection_duration_seconds",
+                COLLECTION_DURATION_SECONDS,
                 Histogram::with_opts(
                     HistogramOpts::new(
-                        name("collection_duration_seconds"),
+                        COLLECTION_DURATION_SECONDS,
                         "Time one collection round took (read counters, resolve cgroups, fold).",
                     )
                     .buckets(vec![
@@ -233,29 +213,29 @@ impl Metrics {
                 ),
             )?,
             bpf_stats_enabled: int_gauge(
-                "bpf_stats_enabled",
+                BPF_STATS_ENABLED,
                 "1 when kernel.bpf_stats_enabled is on and BPF program run statistics accumulate.",
             )?,
             program_runs: register(
                 r,
-                "bpf_program_runs_total",
+                BPF_PROGRAM_RUNS_TOTAL,
                 IntCounterVec::new(
                     Opts::new(
-                        name("bpf_program_runs_total"),
+                        BPF_PROGRAM_RUNS_TOTAL,
                         "Runs of the agent's BPF programs (counted while kernel.bpf_stats_enabled is on).",
                     ),
-                    &["program"],
+                    &[label::PROGRAM],
                 ),
             )?,
             program_run_nanoseconds: IntCounterVec::new(
                 Opts::new(
-                    name("bpf_program_run_seconds_total"),
+                    BPF_PROGRAM_RUN_SECONDS_TOTAL,
                     "Time spent in the agent's BPF programs (counted while kernel.bpf_stats_enabled is on).",
                 ),
-                &["program"],
+                &[label::PROGRAM],
             )
             .map_err(|source| MetricsError::Register {
-                name: name("bpf_program_run_seconds_total"),
+                name: BPF_PROGRAM_RUN_SECONDS_TOTAL.to_owned(),
                 source,
             })?,
             registry,
@@ -353,7 +333,7 @@ impl Metrics {
         }
         family_header(
             out,
-            &name("bpf_program_run_seconds_total"),
+            BPF_PROGRAM_RUN_SECONDS_TOTAL,
             "counter",
             "Time spent in the agent's BPF programs (counted while kernel.bpf_stats_enabled is on).",
         );
@@ -361,12 +341,13 @@ impl Metrics {
             let program = metric
                 .get_label()
                 .iter()
-                .find(|label| label.name() == "program")
+                .find(|pair| pair.name() == label::PROGRAM)
                 .map_or("", |label| label.value());
             let _ = writeln!(
                 out,
-                "{}{{program=\"{}\"}} {}",
-                name("bpf_program_run_seconds_total"),
+                "{}{{{}=\"{}\"}} {}",
+                BPF_PROGRAM_RUN_SECONDS_TOTAL,
+                label::PROGRAM,
                 escape(program),
                 metric.get_counter().get_value() / 1e9
             );
@@ -374,409 +355,10 @@ impl Metrics {
     }
 }
 
-/// One exported workload: one or more profiles that share labels.
-#[derive(Debug, Default)]
-struct Group<'a> {
-    syscalls: BTreeMap<&'a str, u64>,
-    unexpected: BTreeMap<&'a str, u64>,
-    unknown: u64,
-    stable: bool,
-    first_seen: Option<SystemTime>,
-    last_seen: Option<SystemTime>,
-    last_new_syscall: Option<SystemTime>,
-}
-
-impl<'a> Group<'a> {
-    fn add(&mut self, profile: &'a crate::profile::Profile, stable: bool, first: bool) {
-        for (name, &count) in &profile.syscalls {
-            let entry = self.syscalls.entry(name).or_insert(0);
-            *entry = entry.saturating_add(count);
-        }
-        for (name, &count) in &profile.unexpected_syscalls {
-            let entry = self.unexpected.entry(name).or_insert(0);
-            *entry = entry.saturating_add(count);
-        }
-        self.unknown = self.unknown.saturating_add(profile.unknown_syscalls);
-        // A group is stable when all its profiles are.
-        self.stable = if first { stable } else { self.stable && stable };
-        self.first_seen = Some(
-            self.first_seen
-                .map_or(profile.first_seen, |t| t.min(profile.first_seen)),
-        );
-        self.last_seen = Some(
-            self.last_seen
-                .map_or(profile.last_seen, |t| t.max(profile.last_seen)),
-        );
-        self.last_new_syscall = Some(self.last_new_syscall.map_or(profile.last_new_syscall, |t| {
-            t.max(profile.last_new_syscall)
-        }));
-    }
-
-    fn merge(&mut self, other: Group<'a>) {
-        for (name, count) in other.syscalls {
-            let entry = self.syscalls.entry(name).or_insert(0);
-            *entry = entry.saturating_add(count);
-        }
-        for (name, count) in other.unexpected {
-            let entry = self.unexpected.entry(name).or_insert(0);
-            *entry = entry.saturating_add(count);
-        }
-        self.unknown = self.unknown.saturating_add(other.unknown);
-        let was_empty = self.first_seen.is_none();
-        self.stable = if was_empty {
-            other.stable
-        } else {
-            self.stable && other.stable
-        };
-        let min = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let max = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        self.first_seen = min(self.first_seen, other.first_seen);
-        self.last_seen = max(self.last_seen, other.last_seen);
-        self.last_new_syscall = max(self.last_new_syscall, other.last_new_syscall);
-    }
-
-    fn series(&self) -> usize {
-        self.syscalls.len()
-            + self.unexpected.len()
-            + usize::from(self.unknown > 0)
-            + GAUGES_PER_WORKLOAD
-    }
-}
-
-/// Whether a label value carries a pod UID or container id: a run of at least 32 hex digits
-/// (dashes and underscores, as in UIDs and systemd-escaped UIDs, do not end the run).
-pub fn has_id_token(text: &str) -> bool {
-    let mut digits = 0;
-    for ch in text.chars() {
-        if ch.is_ascii_hexdigit() {
-            digits += 1;
-            if digits >= 32 {
-                return true;
-            }
-        } else if ch != '-' && ch != '_' {
-            digits = 0;
-        }
-    }
-    false
-}
-
-/// The labels an identity is exported with (see the module docs for Kubernetes mode).
-pub fn metric_identity(identity: &Identity, kubernetes: bool) -> Identity {
-    let carries_ids = match &identity.workload_kind {
-        WorkloadKind::Kubernetes(_) => false,
-        WorkloadKind::Pod | WorkloadKind::Container => true,
-        // Paths of cgroups outside any container may still name a pod or container.
-        WorkloadKind::Cgroup | WorkloadKind::Command | WorkloadKind::Other(_) => {
-            has_id_token(&identity.workload) || has_id_token(&identity.container)
-        }
-    };
-    if kubernetes && carries_ids {
-        Identity {
-            workload: UNATTRIBUTED_WORKLOAD.to_owned(),
-            container: String::new(),
-            ..identity.clone()
-        }
-    } else {
-        identity.clone()
-    }
-}
-
-/// Escapes a label value for the text format (backslash, double quote, newline).
-pub(crate) fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for ch in value.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// The four identity labels of a workload's series (also its PromQL selector).
-pub(crate) fn identity_labels(identity: &Identity) -> String {
-    format!(
-        "namespace=\"{}\",workload_kind=\"{}\",workload=\"{}\",container=\"{}\"",
-        escape(&identity.namespace),
-        escape(identity.workload_kind.as_str()),
-        escape(&identity.workload),
-        escape(&identity.container)
-    )
-}
-
-fn family_header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn unix_seconds(time: Option<SystemTime>) -> f64 {
-    time.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// A per-workload gauge: name suffix, help, value.
-type GaugeSpec = (&'static str, &'static str, fn(&Group<'_>) -> f64);
-
-/// A per-workload, per-syscall counter family: name suffix, help, the counts it shows.
-type PerSyscallSpec = (
-    &'static str,
-    &'static str,
-    for<'g, 'a> fn(&'g Group<'a>) -> &'g BTreeMap<&'a str, u64>,
-);
-
-/// Appends the per-workload families.
-fn render_workloads(
-    out: &mut String,
-    store: &ProfileStore,
-    now: SystemTime,
-    stable_after: Duration,
-    options: MetricsOptions,
-) {
-    let started = Instant::now();
-    let mut groups: BTreeMap<Identity, Group<'_>> = BTreeMap::new();
-    // Grouped by label set, which orders them: the store's own sort is not needed.
-    for profile in store.values() {
-        let labels = metric_identity(&profile.identity, options.kubernetes);
-        let group = groups.entry(labels).or_default();
-        let first = group.first_seen.is_none();
-        group.add(profile, profile.is_stable(now, stable_after), first);
-    }
-    // Admission order: first seen, then identity, so a workload keeps its series while newer
-    // ones are folded.
-    let mut order: Vec<(Identity, Group<'_>)> = groups.into_iter().collect();
-    order.sort_by(|(a_id, a), (b_id, b)| {
-        a.first_seen.cmp(&b.first_seen).then_with(|| a_id.cmp(b_id))
-    });
-    let mut admitted: Vec<(Identity, Group<'_>)> = Vec::with_capacity(order.len());
-    let mut folded = Group::default();
-    let mut folded_workloads = 0usize;
-    let mut used = 0usize;
-    let mut full = false;
-    for (identity, group) in order {
-        let cost = group.series();
-        if !full && used + cost <= options.max_series {
-            used += cost;
-            admitted.push((identity, group));
-        } else {
-            full = true;
-            folded_workloads += 1;
-            folded.merge(group);
-        }
-    }
-    if folded_workloads > 0 {
-        used += folded.series();
-        admitted.push((Identity::new("", "", FOLDED_WORKLOAD, ""), folded));
-    }
-
-    let labels: Vec<String> = admitted.iter().map(|(id, _)| identity_labels(id)).collect();
-    let groups = || admitted.iter().map(|(_, g)| g).zip(labels.iter());
-
-    let per_syscall: [PerSyscallSpec; 2] = [
-        (
-            "syscalls_total",
-            "Syscalls made by a workload's containers on this node, per syscall name.",
-            |g| &g.syscalls,
-        ),
-        (
-            "unexpected_syscalls_total",
-            "Drift: calls to syscalls outside the workload's profile as it stood when it became stable (or as last delivered).",
-            |g| &g.unexpected,
-        ),
-    ];
-    for (suffix, help, counts) in per_syscall {
-        let family = name(suffix);
-        family_header(out, &family, "counter", help);
-        for (group, labels) in groups() {
-            for (syscall, count) in counts(group) {
-                let _ = writeln!(
-                    out,
-                    "{family}{{{labels},syscall=\"{}\"}} {count}",
-                    escape(syscall)
-                );
-            }
-        }
-    }
-    let unknown = name("unknown_syscalls_total");
-    family_header(
-        out,
-        &unknown,
-        "counter",
-        "Calls with a syscall number that has no name on this architecture.",
-    );
-    for (group, labels) in groups() {
-        if group.unknown > 0 {
-            let _ = writeln!(out, "{unknown}{{{labels}}} {}", group.unknown);
-        }
-    }
-    let gauges: [GaugeSpec; GAUGES_PER_WORKLOAD] = [
-        (
-            "profile_syscalls",
-            "Distinct syscalls in the workload's profile.",
-            |g| g.syscalls.len() as f64,
-        ),
-        (
-            "profile_stable",
-            "1 when no new syscall appeared in the workload's profile for --stable-after.",
-            |g| f64::from(u8::from(g.stable)),
-        ),
-        (
-            "profile_first_seen_timestamp_seconds",
-            "When the workload's first syscall was counted (Unix time).",
-            |g| unix_seconds(g.first_seen),
-        ),
-        (
-            "profile_last_seen_timestamp_seconds",
-            "When the workload's last syscall was counted (Unix time).",
-            |g| unix_seconds(g.last_seen),
-        ),
-        (
-            "profile_last_new_syscall_timestamp_seconds",
-            "When a syscall new to the workload's profile last appeared (Unix time).",
-            |g| unix_seconds(g.last_new_syscall),
-        ),
-    ];
-    for (suffix, help, value) in gauges {
-        let family = name(suffix);
-        family_header(out, &family, "gauge", help);
-        for (group, labels) in groups() {
-            let _ = writeln!(out, "{family}{{{labels}}} {}", value(group));
-        }
-    }
-    for (suffix, help, value) in [
-        ("profiles", "Profiles the agent holds.", store.len()),
-        (
-            "metrics_series",
-            "Per-workload series in this exposition (bounded by --max-series, plus the folded workload).",
-            used,
-        ),
-        (
-            "metrics_series_limit",
-            "--max-series: the limit of per-workload series.",
-            options.max_series,
-        ),
-        (
-            "metrics_folded_workloads",
-            "Workloads folded into workload=\"(folded)\" because --max-series was reached.",
-            folded_workloads,
-        ),
-    ] {
-        let family = name(suffix);
-        family_header(out, &family, "gauge", help);
-        let _ = writeln!(out, "{family} {value}");
-    }
-    tracing::debug!(
-        workloads = admitted.len(),
-        series = used,
-        folded = folded_workloads,
-        took_us = started.elapsed().as_micros() as u64,
-        "rendered workload metrics"
-    );
-}
-
-/// Whether an `Accept-Encoding` value accepts gzip (and does not refuse it with `q=0`).
-pub fn accepts_gzip(accept_encoding: &str) -> bool {
-    let codings: Vec<(&str, bool)> = accept_encoding
-        .split(',')
-        .map(|part| {
-            let mut pieces = part.split(';').map(str::trim);
-            let coding = pieces.next().unwrap_or_default();
-            let refused = pieces.any(|param| {
-                param
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (coding, refused)
-        })
-        .collect();
-    // An explicit gzip entry wins over `*`.
-    match codings
-        .iter()
-        .find(|(coding, _)| coding.eq_ignore_ascii_case("gzip"))
-    {
-        Some((_, refused)) => !refused,
-        None => codings
-            .iter()
-            .any(|(coding, refused)| *coding == "*" && !refused),
-    }
-}
-
-/// Gzips an exposition: Prometheus asks for it, and label-heavy text shrinks about 15x.
-fn gzip(body: &str) -> std::io::Result<Vec<u8>> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 8),
-        flate2::Compression::fast(),
-    );
-    encoder.write_all(body.as_bytes())?;
-    encoder.finish()
-}
-
-fn error_response(message: String) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        axum::Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
-}
-
-/// `GET /metrics`: rendered off the async workers (it holds the store's read lock and may
-/// take milliseconds for thousands of series), gzipped when the scraper accepts it.
-pub async fn handler(
-    State(shared): State<Arc<Shared>>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    let wants_gzip = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .any(accepts_gzip);
-    let rendered = tokio::task::spawn_blocking(move || {
-        let body = {
-            let store = shared
-                .profiles
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            shared
-                .metrics
-                .render(&store, SystemTime::now(), shared.stable_after)?
-        };
-        Ok::<_, MetricsError>(if wants_gzip {
-            (true, gzip(&body).map_err(MetricsError::Compress)?)
-        } else {
-            (false, body.into_bytes())
-        })
-    })
-    .await;
-    match rendered {
-        Ok(Ok((true, body))) => (
-            [
-                (header::CONTENT_TYPE, prometheus::TEXT_FORMAT),
-                (header::CONTENT_ENCODING, "gzip"),
-            ],
-            body,
-        )
-            .into_response(),
-        Ok(Ok((false, body))) => {
-            ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
-        }
-        Ok(Err(err)) => error_response(err.to_string()),
-        Err(err) => error_response(format!("rendering metrics: {err}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Profile;
+    use crate::profile::{Identity, Profile};
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
@@ -797,24 +379,6 @@ mod tests {
             capacity: 8,
             arch: Some(Arch::X86_64),
         }
-    }
-
-    #[test]
-    fn gzip_negotiation() {
-        assert!(accepts_gzip("gzip"));
-        assert!(accepts_gzip("identity, gzip;q=0.5"));
-        assert!(accepts_gzip("*"));
-        assert!(!accepts_gzip("gzip;q=0"));
-        assert!(!accepts_gzip("gzip;q=0, *"));
-        assert!(!accepts_gzip("identity"));
-        assert!(!accepts_gzip("br, deflate"));
-        let body = "syscall_recorder_profiles 1\n".repeat(100);
-        let packed = gzip(&body).expect("gzip");
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text)
-            .expect("gunzip");
-        assert_eq!(text, body);
-        assert!(packed.len() < body.len() / 10);
     }
 
     #[test]
