@@ -6,7 +6,8 @@
 //! [`attribution`] (cgroup → container → pod → workload) → [`profile`] (the model, names,
 //! persistence) → [`export`] (formats, compare/merge, delivery to the kubelet) → [`serve`]
 //! (HTTP API, metrics). [`client`] holds the commands that talk to an agent or Prometheus,
-//! [`config`] the command line, and [`app`] the composition root (`run`, `record`, bench).
+//! [`config`] the command line, and [`app`] the composition root (`run`, `record`, bench);
+//! [`report`] prints an error with its causes once.
 
 pub mod app;
 pub mod attribution;
@@ -16,4 +17,5 @@ pub mod config;
 pub mod export;
 pub mod kernel;
 pub mod profile;
+pub mod report;
 pub mod serve;

@@ -22,6 +22,7 @@ use crate::{
     profile::state::write_atomic,
     profile::syscalls::Arch,
     profile::{Identity, Profile},
+    report::Report,
 };
 
 /// Parent of the per-run cgroups, directly under the cgroup2 root.
@@ -99,7 +100,7 @@ impl Drop for RunCgroup {
     fn drop(&mut self) {
         self.drain();
         if let Err(err) = fs::remove_dir(&self.dir) {
-            tracing::warn!(path = %self.dir.display(), error = %err, "could not remove the run's cgroup");
+            tracing::warn!(path = %self.dir.display(), error = %Report(&err), "could not remove the run's cgroup");
         }
         // Shared by concurrent runs: only removed when the last one is done.
         let _ = fs::remove_dir(&self.parent);

@@ -20,6 +20,7 @@ use crate::{
     profile::Identity,
     profile::state::{Loaded, StateDir},
     profile::syscalls::Arch,
+    report::Report,
     serve::{self, Shared},
 };
 
@@ -257,7 +258,7 @@ fn spawn_cgroup_events(
             let mut recent = std::collections::HashSet::new();
             loop {
                 if let Err(err) = events.wait(Duration::from_millis(500)) {
-                    warn!(error = %err, "waiting for cgroup events failed; stopping them");
+                    warn!(error = %Report(&err), "waiting for cgroup events failed; stopping them");
                     return;
                 }
                 let mut batch = Vec::new();
@@ -371,7 +372,7 @@ fn collection_loop(
                     info!(cgroups = stats.cgroups, "first collection done; ready");
                 }
             }
-            Err(err) => warn!(error = %err, "collection failed"),
+            Err(err) => warn!(error = %Report(&err), "collection failed"),
         }
         if let Some(delivery) = &mut delivery {
             delivery.deliver(&shared.profiles);
@@ -387,10 +388,10 @@ fn collection_loop(
                 Ok(()) => {
                     if let Err(err) = collector.release_pending(&shared.profiles, SystemTime::now())
                     {
-                        warn!(error = %err, "giving slots back failed");
+                        warn!(error = %Report(&err), "giving slots back failed");
                     }
                 }
-                Err(err) => warn!(error = %err, "saving profiles failed"),
+                Err(err) => warn!(error = %Report(&err), "saving profiles failed"),
             }
         }
         if stopping {

@@ -14,7 +14,7 @@ use std::{
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// mountinfo could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: PathBuf,

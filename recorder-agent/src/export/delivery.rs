@@ -23,6 +23,7 @@ use crate::{
     profile::state::{self, StateError},
     profile::syscalls::Arch,
     profile::{Identity, Profile, SharedProfiles, WorkloadKind},
+    report::Report,
 };
 
 /// Subdirectory of the seccomp root that the agent owns.
@@ -35,7 +36,7 @@ const MAX_PART: usize = 200;
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     /// The root could not be created.
-    #[error("creating the seccomp dir {path}: {source}")]
+    #[error("creating the seccomp dir {path}")]
     Root {
         /// The directory.
         path: PathBuf,
@@ -55,7 +56,7 @@ pub enum DeliveryError {
         reason: &'static str,
     },
     /// Writing a profile failed.
-    #[error("writing the profile of {identity}: {source}")]
+    #[error("writing the profile of {identity}")]
     Write {
         /// The identity (as `ns/kind/workload/container`).
         identity: String,
@@ -245,7 +246,7 @@ impl Delivery {
                 }
                 Ok(false) => {}
                 Err(err @ DeliveryError::UnsafeName { .. }) => {
-                    warn!(error = %err, "not delivering a profile: its name cannot be a path below the seccomp dir");
+                    warn!(error = %Report(&err), "not delivering a profile: its name cannot be a path below the seccomp dir");
                     self.rejected.insert(identity.clone());
                     self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     stats.rejected += 1;
@@ -253,7 +254,7 @@ impl Delivery {
                 Err(err) => {
                     // Logged once per identity until it works again; retried every pass.
                     if self.failing.insert(identity.clone()) {
-                        warn!(error = %err, "delivering a profile failed; retrying every collection");
+                        warn!(error = %Report(&err), "delivering a profile failed; retrying every collection");
                     }
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     stats.failed += 1;

@@ -10,9 +10,8 @@ use aya::{
 use recorder_ebpf::{CGROUP_PATH_MAX, CgroupEvent, MAP_CGROUP_EVENTS, PROG_CGROUP_MKDIR};
 
 use super::{
-    BpfError,
-    loader::{load_raw_tracepoint, program_err, take},
-    map_err,
+    BpfError, map_err,
+    object::{load_raw_tracepoint, program_err, take},
     preflight::load_hint,
 };
 

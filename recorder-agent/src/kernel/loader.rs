@@ -7,7 +7,6 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, Queue},
     programs::{
-        ProgramError, RawTracePoint,
         links::{FdLink, PinnedLink},
         loaded_programs,
     },
@@ -19,20 +18,19 @@ use recorder_ebpf::{
     STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS,
 };
 
+use crate::report::Report;
+
 use super::{
     BpfError,
     events::{CgroupEvents, attach_cgroup_mkdir},
     map_err,
     mapped::MappedCounters,
-    pin_err,
+    object::{PROGRAM, load_raw_tracepoint, program_err, take},
+    pin_err, pin_io,
     pins::{PinLock, prepare_pin_set},
     preflight::{check_privileges, counter_blocks, cpu_stride, load_hint, raise_memlock_limit},
     stats::{KernelStats, ProgramStats},
 };
-
-/// The kernel program, built by build.rs (empty when built with `RECORDER_SKIP_EBPF=1`).
-pub(super) static PROGRAM: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/recorder-ebpf"));
 
 /// How the kernel side relates to the previous agent run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -210,7 +208,7 @@ impl Recorder {
                 }
                 // An upgrade: the old program goes first, so no syscall is counted twice (the
                 // few calls between detach and attach are missed instead).
-                fs::remove_file(link_path).map_err(|err| pin_err(link_path, err))?;
+                fs::remove_file(link_path).map_err(pin_io("removing", link_path))?;
                 drop(old);
             }
             reused_programs = false;
@@ -238,7 +236,7 @@ impl Recorder {
         let cgroup_events = match attach_cgroup_mkdir(&mut ebpf) {
             Ok(events) => Some(events),
             Err(err) => {
-                tracing::warn!(error = %err, "cgroup creation events unavailable; cgroups that live shorter than an interval may stay unresolved");
+                tracing::warn!(error = %Report(&err), "cgroup creation events unavailable; cgroups that live shorter than an interval may stay unresolved");
                 None
             }
         };
@@ -418,37 +416,4 @@ impl Recorder {
             slot_races: read(STAT_SLOT_RACE)?,
         })
     }
-}
-
-pub(super) fn program_err(
-    action: &'static str,
-    program: &'static str,
-    hint: String,
-) -> impl FnOnce(ProgramError) -> BpfError {
-    move |source| BpfError::Program {
-        action,
-        program,
-        source: Box::new(source),
-        hint,
-    }
-}
-
-/// Finds raw tracepoint program `name` in the object and loads it (verification happens here).
-pub(super) fn load_raw_tracepoint<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut RawTracePoint, BpfError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(BpfError::MissingMap(name))?
-        .try_into()
-        .map_err(program_err("loading", name, String::new()))?;
-    program
-        .load()
-        .map_err(program_err("loading", name, load_hint()))?;
-    Ok(program)
-}
-
-pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
-    ebpf.take_map(name).ok_or(BpfError::MissingMap(name))
 }

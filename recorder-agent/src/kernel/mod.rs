@@ -6,6 +6,7 @@
 mod events;
 mod loader;
 mod mapped;
+mod object;
 mod pins;
 mod preflight;
 mod probe;
@@ -38,7 +39,7 @@ pub enum BpfError {
     #[error("missing privilege: {0}")]
     Privilege(String),
     /// Loading the object or creating the maps failed.
-    #[error("loading the eBPF program failed: {source}{hint}")]
+    #[error("loading the eBPF program failed{hint}")]
     Load {
         /// The cause.
         #[source]
@@ -47,7 +48,7 @@ pub enum BpfError {
         hint: String,
     },
     /// A program failed verification or attach.
-    #[error("{action} program {program}: {source}{hint}")]
+    #[error("{action} program {program}{hint}")]
     Program {
         /// `loading` or `attaching`.
         action: &'static str,
@@ -62,8 +63,11 @@ pub enum BpfError {
     /// A map is missing from the object (an ABI mismatch).
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    /// A program is missing from the object, or is not of the expected type (an ABI mismatch).
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
     /// A map operation failed.
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         /// Map name.
         map: &'static str,
@@ -72,8 +76,8 @@ pub enum BpfError {
         source: Box<MapError>,
     },
     /// The number of CPUs could not be read.
-    #[error("reading the possible CPUs: {0}")]
-    Cpus(io::Error),
+    #[error("reading the possible CPUs")]
+    Cpus(#[source] io::Error),
     /// The counters for this capacity would not fit in one kernel array.
     #[error(
         "--max-cgroups {capacity} needs more counters than one kernel array holds on {cpus} \
@@ -100,11 +104,33 @@ pub enum BpfError {
     Pin {
         /// The pin directory.
         path: PathBuf,
-        /// What went wrong.
+        /// What went wrong (the pin set's own state, no underlying error).
         reason: String,
+    },
+    /// A file operation on the pins failed.
+    #[error("{action} pin {path}")]
+    PinIo {
+        /// What was done.
+        action: &'static str,
+        /// The pin or pin directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
 }
 
+/// A file operation on `path` (a pin or pin directory) failed.
+pub(crate) fn pin_io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BpfError {
+    let path = path.to_owned();
+    move |source| BpfError::PinIo {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The pin set at `path` is not as expected (`reason` says how).
 pub(crate) fn pin_err(path: &Path, reason: impl std::fmt::Display) -> BpfError {
     BpfError::Pin {
         path: path.to_owned(),

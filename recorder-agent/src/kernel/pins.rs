@@ -13,7 +13,7 @@ use recorder_ebpf::{
     SlotCounts,
 };
 
-use super::{BpfError, pin_err};
+use super::{BpfError, pin_err, pin_io};
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -51,7 +51,7 @@ pub fn unpin_all(bpffs: &Path) -> Result<usize, BpfError> {
     for set in sets.flatten() {
         removed += remove_pin_set(&set.path())?;
     }
-    fs::remove_dir(&root).map_err(|err| pin_err(&root, err))?;
+    fs::remove_dir(&root).map_err(pin_io("removing", &root))?;
     Ok(removed)
 }
 
@@ -59,14 +59,14 @@ fn remove_pin_set(dir: &Path) -> Result<usize, BpfError> {
     let mut removed = 0;
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
-            fs::remove_file(entry.path()).map_err(|err| pin_err(&entry.path(), err))?;
+            fs::remove_file(entry.path()).map_err(pin_io("removing", &entry.path()))?;
             removed += 1;
         }
     }
     match fs::remove_dir(dir) {
         Ok(()) => Ok(removed),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(removed),
-        Err(err) => Err(pin_err(dir, err)),
+        Err(err) => Err(pin_io("removing", dir)(err)),
     }
 }
 
@@ -79,7 +79,7 @@ pub(super) struct PinLock {
 
 impl PinLock {
     fn take(dir: &Path) -> Result<Self, BpfError> {
-        let file = fs::File::open(dir).map_err(|err| pin_err(dir, err))?;
+        let file = fs::File::open(dir).map_err(pin_io("opening", dir))?;
         // SAFETY: flock on an fd we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -118,7 +118,7 @@ pub(super) fn prepare_pin_set(
         return Ok(None);
     }
     let root = pin_root(bpffs);
-    fs::create_dir_all(&root).map_err(|err| pin_err(&root, err))?;
+    fs::create_dir_all(&root).map_err(pin_io("creating", &root))?;
     let name = format!("abi{ABI_VERSION}-slots{capacity}");
     let dir = root.join(&name);
     let root_lock = PinLock::take(&root)?;
@@ -134,7 +134,7 @@ pub(super) fn prepare_pin_set(
             }
         }
     }
-    fs::create_dir_all(&dir).map_err(|err| pin_err(&dir, err))?;
+    fs::create_dir_all(&dir).map_err(pin_io("creating", &dir))?;
     let lock = PinLock::take(&dir)?;
     drop(root_lock);
     let reuse = pin_set_is_complete(&dir, counter_blocks);
@@ -143,7 +143,7 @@ pub(super) fn prepare_pin_set(
         if removed > 0 {
             tracing::warn!(set = %dir.display(), pins = removed, "incomplete pin set removed");
         }
-        fs::create_dir_all(&dir).map_err(|err| pin_err(&dir, err))?;
+        fs::create_dir_all(&dir).map_err(pin_io("creating", &dir))?;
     }
     Ok(Some(PinSet { dir, reuse, lock }))
 }

@@ -5,7 +5,7 @@ use recorder_ebpf::PROG_SYS_ENTER_EMPTY;
 
 use super::{
     BpfError,
-    loader::{PROGRAM, load_raw_tracepoint, program_err},
+    object::{PROGRAM, load_raw_tracepoint, program_err},
     preflight::{check_privileges, load_hint},
     stats::ProgramStats,
 };

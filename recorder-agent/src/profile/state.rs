@@ -50,7 +50,7 @@ pub struct SavedSlot {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// I/O on a state path.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What was done.
         action: &'static str,
@@ -60,7 +60,7 @@ pub enum StateError {
         source: io::Error,
     },
     /// Serialising the state failed.
-    #[error("encoding state: {0}")]
+    #[error("encoding state")]
     Encode(#[from] serde_json::Error),
 }
 

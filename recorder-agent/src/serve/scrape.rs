@@ -10,6 +10,7 @@ use axum::{
 };
 
 use super::{metrics::MetricsError, state::Shared};
+use crate::report::Report;
 
 /// Whether an `Accept-Encoding` value accepts gzip (and does not refuse it with `q=0`).
 pub fn accepts_gzip(accept_encoding: &str) -> bool {
@@ -95,7 +96,7 @@ pub async fn handler(
         Ok(Ok((false, body))) => {
             ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
         }
-        Ok(Err(err)) => error_response(err.to_string()),
+        Ok(Err(err)) => error_response(Report(&err).to_string()),
         Err(err) => error_response(format!("rendering metrics: {err}")),
     }
 }

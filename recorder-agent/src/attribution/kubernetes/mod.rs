@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::cgroup::{self, CgroupKind},
     profile::{Identity, ProfileStore},
+    report::Report,
 };
 
 /// How long a deleted pod stays in the index, so counts collected after the deletion (the
@@ -71,7 +72,7 @@ pub enum K8sError {
     )]
     NoNodeName,
     /// The kubeconfig file could not be read.
-    #[error("reading kubeconfig {path}: {source}")]
+    #[error("reading kubeconfig {path}")]
     Kubeconfig {
         /// The file.
         path: PathBuf,
@@ -79,13 +80,11 @@ pub enum K8sError {
         source: Box<kube::config::KubeconfigError>,
     },
     /// No in-cluster config and no usable kubeconfig.
-    #[error(
-        "no Kubernetes client config (in-cluster service account, KUBECONFIG or --kubeconfig): {0}"
-    )]
-    Infer(Box<kube::config::InferConfigError>),
+    #[error("no Kubernetes client config (in-cluster service account, KUBECONFIG or --kubeconfig)")]
+    Infer(#[source] Box<kube::config::InferConfigError>),
     /// The client could not be built (TLS, proxy settings).
-    #[error("building the Kubernetes client: {0}")]
-    Client(Box<kube::Error>),
+    #[error("building the Kubernetes client")]
+    Client(#[source] Box<kube::Error>),
 }
 
 /// How to reach the API server.
@@ -564,7 +563,7 @@ impl Owners {
         let result = match result {
             Ok(parent) => Lookup::Found(parent),
             Err(err) => {
-                debug!(kind = %owner.kind, name = %owner.name, %namespace, error = %err,
+                debug!(kind = %owner.kind, name = %owner.name, %namespace, error = %Report(&err),
                     "owner lookup failed; using name rules");
                 Lookup::Failed
             }
@@ -630,7 +629,7 @@ pub async fn watch_pods(
                     debug!(node = %node_name, pods, "pods relisted");
                 }
             }
-            Err(err) => warn!(error = %err, "watching pods failed; retrying with backoff"),
+            Err(err) => warn!(error = %Report(&err), "watching pods failed; retrying with backoff"),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::{
     collection::{Collector, RoundStats},
     kernel::{self, BpfError},
     profile::{ProfileStore, syscalls::Arch},
+    report::Report,
 };
 pub use names::*;
 pub use workloads::{FOLDED_WORKLOAD, UNATTRIBUTED_WORKLOAD, has_id_token, metric_identity};
@@ -41,7 +42,7 @@ pub const DEFAULT_MAX_SERIES: u32 = 10_000;
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// A metric could not be built or registered (a programming error: names are constants).
-    #[error("metric {name}: {source}")]
+    #[error("metric {name}")]
     Register {
         /// Metric name.
         name: String,
@@ -50,11 +51,11 @@ pub enum MetricsError {
         source: prometheus::Error,
     },
     /// Encoding the exposition failed.
-    #[error("encoding metrics: {0}")]
+    #[error("encoding metrics")]
     Encode(#[from] prometheus::Error),
     /// Compressing the exposition failed.
-    #[error("compressing metrics: {0}")]
-    Compress(std::io::Error),
+    #[error("compressing metrics")]
+    Compress(#[source] std::io::Error),
 }
 
 /// How the metrics behave.
@@ -282,7 +283,7 @@ impl Metrics {
                 advance(&self.slot_exhausted, kernel.slot_exhausted);
                 advance(&self.map_errors, kernel.map_errors);
             }
-            Err(err) => warn!(error = %err, "reading kernel statistics failed"),
+            Err(err) => warn!(error = %Report(&err), "reading kernel statistics failed"),
         }
         let enabled = kernel::bpf_stats_enabled();
         self.bpf_stats_enabled.set(i64::from(enabled));
@@ -303,7 +304,7 @@ impl Metrics {
                         );
                     }
                 }
-                Err(err) => warn!(error = %err, "reading BPF program statistics failed"),
+                Err(err) => warn!(error = %Report(&err), "reading BPF program statistics failed"),
             }
         }
     }
