@@ -2,7 +2,7 @@
 //! a graceful shutdown (final collection, state flush) on SIGINT/SIGTERM.
 
 use std::{
-    sync::{Arc, atomic::Ordering, mpsc},
+    sync::{Arc, mpsc},
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -21,7 +21,7 @@ use crate::{
     profile::state::{Loaded, StateDir},
     profile::syscalls::Arch,
     report::Report,
-    serve::{self, Shared},
+    serve::{self, Shared, state::Condition},
 };
 
 /// How often learned profiles are flushed to the state dir (and on shutdown).
@@ -91,18 +91,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let shared = Arc::new(Shared::new(arch, args.stable_after).with_metrics(metrics));
     let attribution = kubernetes.map(|(client, options)| {
-        shared.kubernetes_synced.store(false, Ordering::Release);
+        shared.readiness.require(Condition::PodsSynced);
         let index = Arc::new(std::sync::Mutex::new(kubernetes::PodIndex::new()));
         let watch_shared = Arc::clone(&shared);
         let watch_index = Arc::clone(&index);
         info!(node = %options.node_name, "Kubernetes mode: watching this node's pods");
         tokio::spawn(async move {
-            kubernetes::watch_pods(
-                client,
-                options.node_name,
-                watch_index,
-                &watch_shared.kubernetes_synced,
-            )
+            kubernetes::watch_pods(client, options.node_name, watch_index, || {
+                watch_shared.readiness.met(Condition::PodsSynced);
+            })
             .await;
         });
         Arc::new(kubernetes::Attribution::new(index))
@@ -368,7 +365,7 @@ fn collection_loop(
                     status.last_collection_us = started.elapsed().as_micros() as u64;
                     status.collections += 1;
                 }
-                if !shared.ready.swap(true, Ordering::AcqRel) {
+                if shared.readiness.met(Condition::FirstCollection) {
                     info!(cgroups = stats.cgroups, "first collection done; ready");
                 }
             }

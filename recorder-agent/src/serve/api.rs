@@ -1,10 +1,7 @@
 //! The HTTP API: health, readiness and profiles. Every error is a JSON body
 //! `{"error": "..."}` with a 4xx/5xx status; malformed paths are answered, never panicked on.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::SystemTime,
-};
+use std::{sync::Arc, time::SystemTime};
 
 use axum::{
     Json,
@@ -59,21 +56,11 @@ pub(super) async fn status(
 pub(super) async fn readyz(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
 ) -> Response {
-    if !shared.kubernetes_synced.load(Ordering::Acquire) {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the pods of this node are not synced from the Kubernetes API yet",
-        )
-        .into_response();
-    }
-    if shared.ready.load(Ordering::Acquire) {
-        Json(json!({ "status": "ready" })).into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: programs not attached or first collection not done",
-        )
-        .into_response()
+    match shared.readiness.waiting_for() {
+        Some(condition) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, condition.waiting()).into_response()
+        }
+        None => Json(json!({ "status": "ready" })).into_response(),
     }
 }
 

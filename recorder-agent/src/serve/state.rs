@@ -1,7 +1,7 @@
 //! What the HTTP side reads and the collection loop writes: the profiles, readiness, the
 //! status the last round left, and the metrics registry.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::metrics::{Metrics, MetricsOptions};
 use crate::profile::{SharedProfiles, syscalls::Arch};
@@ -11,10 +11,8 @@ use crate::profile::{SharedProfiles, syscalls::Arch};
 pub struct Shared {
     /// The profiles.
     pub profiles: SharedProfiles,
-    /// Set once the programs are attached and the first collection ran.
-    pub ready: AtomicBool,
-    /// False until the Kubernetes pods of this node were listed (true outside Kubernetes).
-    pub kubernetes_synced: AtomicBool,
+    /// What the agent still waits for before it reports ready.
+    pub readiness: Readiness,
     /// Node architecture, for seccomp export.
     pub arch: Arch,
     /// Quiet time after which a profile counts as stable.
@@ -23,6 +21,72 @@ pub struct Shared {
     pub status: std::sync::Mutex<AgentStatus>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Metrics,
+}
+
+/// Something the agent waits for before `/readyz` answers 200, in the order they are reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The pods of this node were listed from the Kubernetes API (Kubernetes mode only).
+    PodsSynced,
+    /// The programs are attached and the first collection ran.
+    FirstCollection,
+}
+
+impl Condition {
+    /// What `/readyz` says while the condition is not met.
+    pub fn waiting(self) -> &'static str {
+        match self {
+            Self::PodsSynced => {
+                "not ready: the pods of this node are not synced from the Kubernetes API yet"
+            }
+            Self::FirstCollection => {
+                "not ready: programs not attached or first collection not done"
+            }
+        }
+    }
+}
+
+/// The agent's readiness as named conditions, each met once and for good.
+#[derive(Debug)]
+pub struct Readiness {
+    pods_synced: AtomicBool,
+    first_collection: AtomicBool,
+}
+
+impl Default for Readiness {
+    /// Waiting for the first collection only (no Kubernetes attribution).
+    fn default() -> Self {
+        Self {
+            pods_synced: AtomicBool::new(true),
+            first_collection: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Readiness {
+    fn flag(&self, condition: Condition) -> &AtomicBool {
+        match condition {
+            Condition::PodsSynced => &self.pods_synced,
+            Condition::FirstCollection => &self.first_collection,
+        }
+    }
+
+    /// Also waits for `condition` (before anything reported ready).
+    pub fn require(&self, condition: Condition) {
+        self.flag(condition).store(false, Ordering::Release);
+    }
+
+    /// Marks `condition` met; returns whether it was not before.
+    pub fn met(&self, condition: Condition) -> bool {
+        !self.flag(condition).swap(true, Ordering::AcqRel)
+    }
+
+    /// The first condition not met yet, if any.
+    pub fn waiting_for(&self) -> Option<Condition> {
+        [Condition::PodsSynced, Condition::FirstCollection]
+            .into_iter()
+            .find(|condition| !self.flag(*condition).load(Ordering::Acquire))
+    }
 }
 
 /// What `GET /api/v1/status` answers: capacity use and losses.
@@ -53,8 +117,7 @@ impl Shared {
     pub fn new(arch: Arch, stable_after: std::time::Duration) -> Self {
         Self {
             profiles: SharedProfiles::new(),
-            ready: AtomicBool::new(false),
-            kubernetes_synced: AtomicBool::new(true),
+            readiness: Readiness::default(),
             arch,
             stable_after,
             status: std::sync::Mutex::new(AgentStatus::default()),
@@ -67,5 +130,23 @@ impl Shared {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_reports_the_first_unmet_condition() {
+        let readiness = Readiness::default();
+        assert_eq!(readiness.waiting_for(), Some(Condition::FirstCollection));
+        readiness.require(Condition::PodsSynced);
+        assert_eq!(readiness.waiting_for(), Some(Condition::PodsSynced));
+        assert!(readiness.met(Condition::FirstCollection));
+        assert!(!readiness.met(Condition::FirstCollection), "met once");
+        assert_eq!(readiness.waiting_for(), Some(Condition::PodsSynced));
+        assert!(readiness.met(Condition::PodsSynced));
+        assert_eq!(readiness.waiting_for(), None);
     }
 }

@@ -15,10 +15,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -583,14 +580,15 @@ impl Owners {
     }
 }
 
-/// Watches this node's pods into `index` until the task is dropped; `synced` is set after
+/// Watches this node's pods into `index` until the task is dropped; `synced` is called after
 /// every complete list (the first one makes the agent ready).
 pub async fn watch_pods(
     client: Client,
     node_name: String,
     index: Arc<Mutex<PodIndex>>,
-    synced: &AtomicBool,
+    synced: impl Fn() + Send,
 ) {
+    let mut listed_once = false;
     let api: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
     let mut owners = Owners {
@@ -623,7 +621,8 @@ pub async fn watch_pods(
                     index.mark_deleted_except(&listed, Instant::now());
                     listed.len()
                 };
-                if !synced.swap(true, Ordering::AcqRel) {
+                synced();
+                if !std::mem::replace(&mut listed_once, true) {
                     info!(node = %node_name, pods, "Kubernetes pods synced");
                 } else {
                     debug!(node = %node_name, pods, "pods relisted");
