@@ -21,7 +21,7 @@ use crate::{
     kernel::{LoadOptions, Recorder},
     profile::state::write_atomic,
     profile::syscalls::Arch,
-    profile::{Identity, Profile},
+    profile::{Identity, Profile, WorkloadKind},
     report::Report,
 };
 
@@ -194,7 +194,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let killed = run_cgroup.drain();
 
     let totals = recorder.read_slot(slot)?;
-    let mut profile = Profile::new(Identity::new("", "Command", &display, ""), start_time);
+    let mut profile = Profile::new(
+        Identity::with_kind("", WorkloadKind::Command, &display, ""),
+        start_time,
+    );
     profile.add_counts(arch, &totals[..], SystemTime::now());
     drop(run_cgroup);
     drop(recorder);

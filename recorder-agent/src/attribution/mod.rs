@@ -6,7 +6,7 @@
 pub mod cgroup;
 pub mod kubernetes;
 
-use crate::profile::Identity;
+use crate::profile::{Identity, WorkloadKind};
 use cgroup::CgroupKind;
 
 impl Identity {
@@ -24,15 +24,15 @@ impl Identity {
                 pod_uid,
                 container_id,
                 ..
-            } => Self::new("", "Pod", &pod_uid, &container_id),
+            } => Self::with_kind("", WorkloadKind::Pod, &pod_uid, &container_id),
             CgroupKind::Container { container_id, .. } => {
-                Self::new("", "Container", &container_id, "")
+                Self::with_kind("", WorkloadKind::Container, &container_id, "")
             }
             CgroupKind::RuntimeHelper | CgroupKind::Other => {
                 let trimmed = path.trim_matches('/');
-                Self::new(
+                Self::with_kind(
                     "",
-                    "Cgroup",
+                    WorkloadKind::Cgroup,
                     if trimmed.is_empty() { "/" } else { trimmed },
                     "",
                 )

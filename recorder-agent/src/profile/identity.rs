@@ -187,10 +187,20 @@ impl Identity {
         }
     }
 
+    /// Builds an identity whose kind is already known.
+    pub fn with_kind(namespace: &str, kind: WorkloadKind, workload: &str, container: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            workload_kind: kind,
+            workload: workload.to_owned(),
+            container: container.to_owned(),
+        }
+    }
+
     /// Where the counts of cgroups whose path could not be learned go (the cgroup was gone
     /// before the agent saw its directory).
     pub fn unresolved() -> Self {
-        Self::new("", "Cgroup", "(unresolved)", "")
+        Self::with_kind("", WorkloadKind::Cgroup, "(unresolved)", "")
     }
 
     /// The four parts as URL path segments: `_` for an empty part, the rest percent-encoded.

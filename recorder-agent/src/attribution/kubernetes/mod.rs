@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     attribution::cgroup::{self, CgroupKind},
-    profile::{Identity, ProfileStore},
+    profile::{Identity, ProfileStore, WorkloadKind},
     report::Report,
 };
 
@@ -321,9 +321,9 @@ impl PodEntry {
             ContainerClass::Ephemeral => format!("{EPHEMERAL_PREFIX}{container}"),
             ContainerClass::Init | ContainerClass::Regular => container.to_owned(),
         };
-        Identity::new(
+        Identity::with_kind(
             &self.namespace,
-            &self.workload.kind,
+            WorkloadKind::Kubernetes(self.workload.kind.clone()),
             &self.workload.name,
             &container,
         )

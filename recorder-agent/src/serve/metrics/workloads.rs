@@ -196,7 +196,10 @@ pub(super) fn render_workloads(
     }
     if folded_workloads > 0 {
         used += folded.series();
-        admitted.push((Identity::new("", "", FOLDED_WORKLOAD, ""), folded));
+        admitted.push((
+            Identity::with_kind("", WorkloadKind::Other(String::new()), FOLDED_WORKLOAD, ""),
+            folded,
+        ));
     }
 
     let labels: Vec<String> = admitted.iter().map(|(id, _)| identity_labels(id)).collect();
