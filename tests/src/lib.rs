@@ -1,12 +1,12 @@
-//! Harness of the end-to-end tests: the agent binary as a process, a minimal HTTP client,
+//! Harness of the end-to-end tests: the agent binary as a process, an HTTP helper,
 //! throw-away cgroups and real runc containers, each cleaned up on drop (also when a test
 //! fails), and polling with deadlines instead of sleeps.
 
 use std::{
     collections::BTreeSet,
     env, fs,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Read as _,
+    net::{SocketAddr, TcpListener},
     os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use recorder_agent::client::http::{Method, Server};
 
 pub mod fake_apiserver;
 use serde_json::Value;
@@ -111,47 +112,12 @@ pub fn free_port() -> u16 {
         .expect("binding a loopback port")
 }
 
-/// A plain HTTP/1.1 GET (or other method) on loopback: (status, body).
+/// A plain HTTP request without a body on loopback: (status, body). It goes through the
+/// agent's own client (hyper-util), with the harness's 10 s timeout.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
+    let server = Server::parse(&format!("http://{addr}"))?.with_timeout(Duration::from_secs(10));
+    let (status, body) = server.request(Method::from_bytes(method.as_bytes())?, path)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// GET returning JSON.

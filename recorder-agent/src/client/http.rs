@@ -1,18 +1,26 @@
-//! A minimal blocking HTTP/1.1 client for the client subcommands: GET over plain TCP with a
-//! timeout, `Content-Length`, chunked and close-delimited bodies. The agent serves plain HTTP
-//! (usually on loopback or through `kubectl port-forward`), so this avoids pulling an async
-//! HTTP stack, a URL parser and IDNA tables into the agent binary for one request.
+//! The blocking HTTP client of the client subcommands: hyper-util's client (already in the
+//! tree through kube) driven by a current-thread tokio runtime for the one request. The agent
+//! serves plain HTTP (usually on loopback or through `kubectl port-forward`), and so does a
+//! Prometheus reached that way, so only `http://` URLs are accepted.
 
-use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
-    time::Duration,
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{
+    Request, Uri,
+    body::{Body, Bytes},
+    header::{self, HeaderValue},
 };
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-/// How long to wait for a connection or a read.
+pub use hyper::Method;
+
+/// How long to wait for the answer's head, then for each piece of its body.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest body accepted (a list of thousands of profiles fits easily).
 const MAX_BODY: u64 = 256 << 20;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -25,33 +33,67 @@ pub enum HttpError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// No connection.
-    #[error(
-        "cannot reach {url}: {source} (is `recorder-agent run` listening there? set --server or RECORDER_SERVER)"
-    )]
-    Unreachable {
+    /// The URL (or the request URL made from it) does not parse.
+    #[error("bad URL {url:?}")]
+    InvalidUrl {
         /// The URL.
+        url: String,
+        /// The parser's complaint.
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+    /// No connection.
+    #[error("cannot connect to {url}")]
+    Unreachable {
+        /// The request URL.
         url: String,
         /// The cause.
-        source: std::io::Error,
+        #[source]
+        source: hyper_util::client::legacy::Error,
     },
-    /// The answer is not HTTP the client understands.
-    #[error("bad answer from {url}: {reason}")]
+    /// Connected, but the answer (or the next piece of its body) did not come in time.
+    #[error("no answer from {url} within {}", humantime::format_duration(*after))]
+    Timeout {
+        /// The request URL.
+        url: String,
+        /// How long the client waited.
+        after: Duration,
+    },
+    /// The answer is not HTTP the client understands, or the connection broke.
+    #[error("bad answer from {url}")]
     Protocol {
-        /// The URL.
+        /// The request URL.
         url: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The body is larger than the client accepts.
+    #[error("the answer from {url} is larger than {limit} bytes")]
+    TooLarge {
+        /// The request URL.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The runtime that drives the request could not start.
+    #[error("cannot start the HTTP client")]
+    Runtime {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
 }
 
-/// A server base URL, split.
+/// A server base URL, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
-    host: String,
-    port: u16,
+    /// `host[:port]` as given (IPv6 hosts in brackets); hyper defaults the port to 80.
+    authority: String,
+    /// Path prefix: empty, or `/` and segments without a trailing `/`.
     prefix: String,
     url: String,
+    timeout: Duration,
 }
 
 impl Server {
@@ -61,47 +103,43 @@ impl Server {
             url: url.to_owned(),
             reason,
         };
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") {
+        if url.starts_with("https://") {
             return Err(bad("https is not supported: the agent serves plain HTTP"));
-        } else {
-            return Err(bad("expected http://HOST[:PORT]"));
-        };
-        let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if authority.is_empty() {
-            return Err(bad("no host"));
         }
-        if authority.contains('@') {
+        if !url.starts_with("http://") {
+            return Err(bad("expected http://HOST[:PORT]"));
+        }
+        let uri: Uri = url.parse().map_err(|source| HttpError::InvalidUrl {
+            url: url.to_owned(),
+            source,
+        })?;
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
             return Err(bad("credentials in the URL are not supported"));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            Some(port) => port.parse().map_err(|_| bad("bad port"))?,
-            None => 80,
-        };
-        if host.is_empty() {
+        if authority.host().trim_matches(['[', ']']).is_empty() {
             return Err(bad("no host"));
         }
-        let prefix = prefix.trim_end_matches('/');
+        // The URI parser leaves the port unchecked.
+        if let Some(port) = authority.as_str()[authority.host().len()..].strip_prefix(':') {
+            port.parse::<u16>().map_err(|_| bad("bad port"))?;
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query is not supported"));
+        }
+        let prefix = uri.path().trim_end_matches('/');
         Ok(Self {
-            host: host.to_owned(),
-            port,
-            prefix: if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("/{prefix}")
-            },
+            authority: authority.as_str().to_owned(),
+            prefix: prefix.to_owned(),
             url: url.trim_end_matches('/').to_owned(),
+            timeout: TIMEOUT,
         })
+    }
+
+    /// The same server with another timeout for the answer's head and each piece of its body.
+    #[must_use]
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
     }
 
     /// The URL as given (without a trailing `/`).
@@ -111,167 +149,261 @@ impl Server {
 
     /// `GET path` (absolute, already percent-encoded): status and body.
     pub fn get(&self, path: &str) -> Result<(u16, Vec<u8>), HttpError> {
+        self.request(Method::GET, path)
+    }
+
+    /// `METHOD path` without a body (path absolute, already percent-encoded): status and body.
+    pub fn request(&self, method: Method, path: &str) -> Result<(u16, Vec<u8>), HttpError> {
         let url = format!("{}{path}", self.url);
-        let unreachable = |source| HttpError::Unreachable {
-            url: url.clone(),
-            source,
+        let uri: Uri = format!("http://{}{}{path}", self.authority, self.prefix)
+            .parse()
+            .map_err(|source| HttpError::InvalidUrl {
+                url: url.clone(),
+                source,
+            })?;
+        let mut request = Request::new(Empty::<Bytes>::new());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("recorder-agent/", env!("CARGO_PKG_VERSION"))),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| HttpError::Runtime { source })?;
+        runtime.block_on(self.send(request, &url))
+    }
+
+    async fn send(
+        &self,
+        request: Request<Empty<Bytes>>,
+        url: &str,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
+        // One request per client: nothing to keep idle.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http();
+        let response = match tokio::time::timeout(self.timeout, client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(source)) if source.is_connect() => {
+                return Err(HttpError::Unreachable {
+                    url: url.to_owned(),
+                    source,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(HttpError::Protocol {
+                    url: url.to_owned(),
+                    source: source.into(),
+                });
+            }
+            Err(_) => {
+                return Err(HttpError::Timeout {
+                    url: url.to_owned(),
+                    after: self.timeout,
+                });
+            }
         };
-        let protocol = |reason: String| HttpError::Protocol {
-            url: url.clone(),
-            reason,
-        };
-        let addrs: Vec<_> = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(unreachable)?
-            .collect();
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-        let mut stream = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, TIMEOUT) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(err) => last = err,
-            }
-        }
-        let mut stream = stream.ok_or(last).map_err(unreachable)?;
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .map_err(unreachable)?;
-        let host = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
-        write!(
-            stream,
-            "GET {}{path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: recorder-agent/{}\r\nConnection: close\r\n\r\n",
-            self.prefix,
-            env!("CARGO_PKG_VERSION")
-        )
-        .map_err(unreachable)?;
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|err| protocol(err.to_string()))?;
-        let status: u16 = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| protocol(format!("not an HTTP status line: {:?}", line.trim_end())))?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            reader
-                .read_line(&mut line)
-                .map_err(|err| protocol(err.to_string()))?;
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let Some((name, value)) = header.split_once(':') else {
-                return Err(protocol(format!("bad header {header:?}")));
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(
-                    value
-                        .parse::<u64>()
-                        .map_err(|_| protocol(format!("bad Content-Length {value:?}")))?,
-                );
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            read_chunked(&mut reader, &mut body).map_err(protocol)?;
-        } else {
-            let limit = length.unwrap_or(MAX_BODY).min(MAX_BODY);
-            reader
-                .take(limit)
-                .read_to_end(&mut body)
-                .map_err(|err| protocol(err.to_string()))?;
-            if length.is_some_and(|length| body.len() as u64 != length) {
-                return Err(protocol("body shorter than its Content-Length".to_owned()));
-            }
-        }
+        let status = response.status().as_u16();
+        let body = read_body(response.into_body(), MAX_BODY, self.timeout, url).await?;
         Ok((status, body))
     }
 }
 
-fn read_chunked(reader: &mut impl std::io::BufRead, body: &mut Vec<u8>) -> Result<(), String> {
-    let mut line = String::new();
+/// Reads `body` whole, refusing more than `limit` bytes (up front when its announced length
+/// says so) and waiting at most `idle` for each piece.
+async fn read_body<B>(
+    mut body: B,
+    limit: u64,
+    idle: Duration,
+    url: &str,
+) -> Result<Vec<u8>, HttpError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || HttpError::TooLarge {
+        url: url.to_owned(),
+        limit,
+    };
+    if body.size_hint().lower() > limit {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
     loop {
-        line.clear();
-        reader.read_line(&mut line).map_err(|err| err.to_string())?;
-        let size = line.trim_end().split(';').next().unwrap_or("");
-        let size = u64::from_str_radix(size.trim(), 16)
-            .map_err(|_| format!("bad chunk size {:?}", line.trim_end()))?;
-        if size == 0 {
-            return Ok(());
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| HttpError::Timeout {
+                url: url.to_owned(),
+                after: idle,
+            })?;
+        let Some(frame) = frame else {
+            return Ok(out);
+        };
+        let frame = frame.map_err(|err| HttpError::Protocol {
+            url: url.to_owned(),
+            source: err.into(),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (out.len() + data.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
         }
-        if body.len() as u64 + size > MAX_BODY {
-            return Err("body too large".to_owned());
-        }
-        let before = body.len();
-        reader
-            .by_ref()
-            .take(size)
-            .read_to_end(body)
-            .map_err(|err| err.to_string())?;
-        if (body.len() - before) as u64 != size {
-            return Err("truncated chunk".to_owned());
-        }
-        line.clear();
-        reader.read_line(&mut line).map_err(|err| err.to_string())?;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpListener,
+        thread,
+    };
+
     use super::*;
+
+    /// A one-connection server that reads the request head and writes `answer` (if any), then
+    /// keeps the connection open for `linger`.
+    fn canned(answer: &'static [u8], linger: Duration) -> Server {
+        canned_at("", answer, linger).0
+    }
+
+    /// [`canned`] with a path prefix in the server URL; also hands back the request head.
+    fn canned_at(
+        prefix: &str,
+        answer: &'static [u8],
+        linger: Duration,
+    ) -> (Server, std::sync::mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let _ = stream.write_all(answer);
+            thread::sleep(linger);
+        });
+        let server = Server::parse(&format!("http://{addr}{prefix}")).expect("url");
+        (server, rx)
+    }
 
     #[test]
     fn urls() {
         let s = Server::parse("http://127.0.0.1:9477").expect("ok");
         assert_eq!(
-            (s.host.as_str(), s.port, s.prefix.as_str()),
-            ("127.0.0.1", 9477, "")
+            (s.authority.as_str(), s.prefix.as_str(), s.url()),
+            ("127.0.0.1:9477", "", "http://127.0.0.1:9477")
         );
         let s = Server::parse("http://agent.example/proxy/").expect("ok");
         assert_eq!(
-            (s.host.as_str(), s.port, s.prefix.as_str()),
-            ("agent.example", 80, "/proxy")
+            (s.authority.as_str(), s.prefix.as_str(), s.url()),
+            ("agent.example", "/proxy", "http://agent.example/proxy")
         );
         let s = Server::parse("http://[::1]:8080").expect("ok");
-        assert_eq!((s.host.as_str(), s.port), ("::1", 8080));
+        assert_eq!(s.authority, "[::1]:8080");
         for bad in [
             "",
             "127.0.0.1:9477",
             "https://x",
             "http://",
             "http://h:port",
+            "http://h:",
+            "http://h:70000",
             "http://u@h",
+            "http://h/p?q",
         ] {
             assert!(Server::parse(bad).is_err(), "{bad}");
         }
+        let https = Server::parse("https://x").expect_err("https");
+        assert!(
+            https.to_string().contains("https is not supported"),
+            "{https}"
+        );
     }
 
     #[test]
-    fn chunked_bodies() {
-        let mut body = Vec::new();
-        read_chunked(
-            &mut &b"4\r\nwiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n"[..],
-            &mut body,
+    fn bodies_are_read_whole() {
+        let server = canned(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nwiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n",
+            Duration::ZERO,
+        );
+        assert_eq!(
+            server.get("/x").expect("answer"),
+            (404, b"wikipedia".to_vec())
+        );
+        let (server, head) = canned_at(
+            "/proxy/",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            Duration::ZERO,
+        );
+        assert_eq!(
+            server.get("/api?q=a%20b").expect("answer"),
+            (200, b"{}".to_vec())
+        );
+        let head = head.recv().expect("request").to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /proxy/api?q=a%20b http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\naccept: application/json\r\n"), "{head}");
+    }
+
+    #[test]
+    fn broken_answers_are_errors() {
+        let garbage = canned(b"SSH-2.0-OpenSSH\r\n\r\n", Duration::ZERO);
+        let err = garbage.get("/").expect_err("not HTTP");
+        assert!(matches!(err, HttpError::Protocol { .. }), "{err}");
+        let short = canned(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            Duration::ZERO,
+        );
+        let err = short.get("/").expect_err("truncated");
+        assert!(matches!(err, HttpError::Protocol { .. }), "{err}");
+        let huge = canned(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n",
+            Duration::from_secs(1),
+        );
+        let err = huge.get("/").expect_err("too large");
+        assert!(matches!(err, HttpError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn streamed_bodies_are_limited() {
+        let body = http_body_util::Full::new(Bytes::from_static(b"0123456789"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let read = |limit| runtime.block_on(read_body(body.clone(), limit, TIMEOUT, "u"));
+        assert_eq!(read(10).expect("fits"), b"0123456789");
+        assert!(matches!(read(9), Err(HttpError::TooLarge { limit: 9, .. })));
+    }
+
+    #[test]
+    fn silence_times_out() {
+        let server = canned(b"", Duration::from_secs(2)).with_timeout(Duration::from_millis(200));
+        let err = server.get("/").expect_err("no answer");
+        assert!(matches!(err, HttpError::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("within 200ms"), "{err}");
+        let server = canned(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+            Duration::from_secs(2),
         )
-        .expect("ok");
-        assert_eq!(body, b"wikipedia");
-        assert!(read_chunked(&mut &b"zz\r\n"[..], &mut Vec::new()).is_err());
-        assert!(read_chunked(&mut &b"9\r\nabc"[..], &mut Vec::new()).is_err());
+        .with_timeout(Duration::from_millis(200));
+        let err = server.get("/").expect_err("body stalls");
+        assert!(matches!(err, HttpError::Timeout { .. }), "{err}");
     }
 
     #[test]
@@ -283,6 +415,9 @@ mod tests {
         let server = Server::parse(&format!("http://127.0.0.1:{port}")).expect("url");
         let err = server.get("/healthz").expect_err("nothing listens");
         assert!(matches!(err, HttpError::Unreachable { .. }), "{err}");
-        assert!(err.to_string().contains("--server"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot connect to http://127.0.0.1:{port}/healthz")
+        );
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use self::output::{emit, pretty};
 use crate::{
-    client::http::Server,
+    client::http::{HttpError, Server},
     config::{DiffArgs, ExportArgs, ListOutput, MergeArgs, ProfilesArgs},
     export::seccomp::{OciSeccomp, SpoSeccompProfile},
     export::{
@@ -42,7 +42,18 @@ pub fn parse_selector(selector: &str) -> Result<Identity, String> {
 /// GETs `path` and returns the body of a 200; a 404 names the missing thing, other errors
 /// carry the agent's message.
 fn get_ok(server: &Server, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
-    let (status, body) = server.get(path)?;
+    let (status, body) = server.get(path).map_err(|err| {
+        let unreachable = matches!(err, HttpError::Unreachable { .. });
+        let err = anyhow::Error::new(err);
+        if unreachable {
+            err.context(format!(
+                "cannot reach the agent at {} (is `recorder-agent run` listening there? set --server or RECORDER_SERVER)",
+                server.url()
+            ))
+        } else {
+            err
+        }
+    })?;
     if status == 200 {
         return Ok(body);
     }
@@ -315,6 +326,24 @@ mod tests {
             let err = parse_selector(bad).expect_err(bad);
             assert!(err.contains("selector"), "{err}");
         }
+    }
+
+    #[test]
+    fn unreachable_agent_is_explained() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let server = Server::parse(&format!("http://127.0.0.1:{port}")).expect("url");
+        let err = get_ok(&server, "/healthz", "health").expect_err("nothing listens");
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!(
+                "cannot reach the agent at http://127.0.0.1:{port} "
+            )),
+            "{text}"
+        );
+        assert!(text.contains("--server") && !text.contains('\n'), "{text}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub enum PromqlError {
         reason: &'static str,
     },
     /// The server could not be reached or did not answer.
-    #[error("cannot reach Prometheus at {url}: {source}")]
+    #[error("cannot reach Prometheus at {url}")]
     Unreachable {
         /// The query URL.
         url: String,
