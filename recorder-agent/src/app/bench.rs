@@ -184,9 +184,9 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
         let mut buffer = Box::new([0; recorder_ebpf::SYSCALL_COLUMNS]);
         for _ in 0..args.rounds {
             let started = Instant::now();
-            let slots = collector.recorder().slots()?;
+            let slots = collector.counters().slots()?;
             for (_, slot) in &slots {
-                collector.recorder().read_slot_into(*slot, &mut buffer)?;
+                collector.counters().read_slot_into(*slot, &mut buffer)?;
                 std::hint::black_box(&buffer);
             }
             reads.push(started.elapsed());

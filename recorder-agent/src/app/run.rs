@@ -347,23 +347,23 @@ fn collection_loop(
                 if stats.lost_calls > 0 {
                     warn!(
                         lost_calls = stats.lost_calls,
-                        capacity = collector.recorder().capacity(),
+                        capacity = collector.counters().capacity(),
                         "cgroup capacity exhausted: calls of cgroups without a slot were not attributed (raise --max-cgroups)"
                     );
                 }
-                let kernel = collector.recorder().stats().unwrap_or_default();
+                let kernel = collector.counters().stats().unwrap_or_default();
                 {
                     let mut status = shared
                         .status
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    status.capacity = collector.recorder().capacity();
+                    status.capacity = collector.counters().capacity();
                     status.cgroups = stats.cgroups;
                     status.unresolved_cgroups = stats.unresolved;
                     status.lost_calls = collector.lost_total();
                     status.slot_exhausted = kernel.slot_exhausted;
                     status.kernel_map_errors = kernel.map_errors;
-                    status.pinned_counters_reused = collector.recorder().continuity().reused_maps;
+                    status.pinned_counters_reused = collector.counters().continuity().reused_maps;
                     status.last_collection_us = started.elapsed().as_micros() as u64;
                     status.collections += 1;
                 }

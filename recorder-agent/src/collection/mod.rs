@@ -19,6 +19,10 @@ use crate::{
     },
 };
 
+mod counters;
+
+pub use counters::SlotCounters;
+
 /// What a round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RoundStats {
@@ -65,10 +69,11 @@ fn from_saved(saved: &BTreeMap<u16, u64>) -> Sparse {
         .collect()
 }
 
-/// Collection state carried between rounds.
+/// Collection state carried between rounds, over the kernel's counters (`C`: the attached
+/// [`Recorder`], or a fake in tests).
 #[derive(Debug)]
-pub struct Collector {
-    recorder: Recorder,
+pub struct Collector<C = Recorder> {
+    counters: C,
     resolver: Resolver,
     arch: Arch,
     last: HashMap<u32, SlotState>,
@@ -119,11 +124,11 @@ fn sparse_deltas(
     }
 }
 
-impl Collector {
-    /// A collector over an attached recorder.
-    pub fn new(recorder: Recorder, resolver: Resolver, arch: Arch) -> Self {
+impl<C: SlotCounters> Collector<C> {
+    /// A collector over the counters of an attached recorder.
+    pub fn new(counters: C, resolver: Resolver, arch: Arch) -> Self {
         Self {
-            recorder,
+            counters,
             resolver,
             arch,
             last: HashMap::new(),
@@ -139,10 +144,10 @@ impl Collector {
     /// The (cgroup, slot) pairs with the allocation count they were read at, taken out of the
     /// cache when no slot was handed out since (the round puts them back).
     fn take_slot_table(&mut self) -> Result<(u64, Vec<(u64, u32)>), BpfError> {
-        let allocated = self.recorder.slots_allocated()?;
+        let allocated = self.counters.slots_allocated()?;
         match self.slot_table.take() {
             Some((seen, table)) if seen == allocated => Ok((seen, table)),
-            _ => Ok((allocated, self.recorder.slots()?)),
+            _ => Ok((allocated, self.counters.slots()?)),
         }
     }
 
@@ -160,7 +165,7 @@ impl Collector {
             .collect();
         slots.sort_by_key(|saved| saved.slot);
         KernelSnapshot {
-            counts_map_id: self.recorder.continuity().counts_map_id,
+            counts_map_id: self.counters.continuity().counts_map_id,
             slots,
             overflow: self.overflow_last.iter().copied().collect(),
         }
@@ -169,7 +174,7 @@ impl Collector {
     /// Continues from a snapshot saved by a previous agent, if it describes the counters this
     /// agent reuses. Returns whether it did.
     pub fn restore(&mut self, snapshot: &KernelSnapshot) -> bool {
-        let continuity = self.recorder.continuity();
+        let continuity = self.counters.continuity();
         if !continuity.reused_maps || snapshot.counts_map_id != continuity.counts_map_id {
             return false;
         }
@@ -211,7 +216,7 @@ impl Collector {
         let mut released = 0;
         let mut failure = None;
         for &(slot, cgroup) in &pending {
-            let last = match self.recorder.release(cgroup, slot) {
+            let last = match self.counters.release(cgroup, slot) {
                 Ok(last) => last,
                 Err(err) => {
                     failure = Some(err);
@@ -244,9 +249,10 @@ impl Collector {
         }
     }
 
-    /// The recorder, read-only (capacity, statistics); slots change only through the collector.
-    pub fn recorder(&self) -> &Recorder {
-        &self.recorder
+    /// The counters, read-only (capacity, statistics); slots change only through the
+    /// collector.
+    pub fn counters(&self) -> &C {
+        &self.counters
     }
 
     /// The resolver.
@@ -297,9 +303,9 @@ impl Collector {
         // slot again for the next round.
         let marks = slots
             .iter()
-            .map(|&(_, slot)| self.recorder.take_active(slot))
+            .map(|&(_, slot)| self.counters.take_active(slot))
             .collect::<Result<Vec<bool>, _>>()?;
-        self.recorder.invalidate_caches()?;
+        self.counters.invalidate_caches()?;
         // Deltas by slot; the identity is looked up in `last` when folding, not cloned.
         let mut updates: Vec<(u32, Sparse)> = Vec::new();
         let mut failure = None;
@@ -317,7 +323,7 @@ impl Collector {
             // it was (a slot without state would count all its totals again), and what the
             // other slots read is still folded.
             if read {
-                if let Err(err) = self.recorder.read_slot_into(slot, &mut self.read_buffer) {
+                if let Err(err) = self.counters.read_slot_into(slot, &mut self.read_buffer) {
                     failure.get_or_insert(err);
                     continue;
                 }
@@ -386,7 +392,7 @@ impl Collector {
         }
         self.slot_table = Some((allocated, slots));
         match self
-            .recorder
+            .counters
             .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)
         {
             Ok(()) => {

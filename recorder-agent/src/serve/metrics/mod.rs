@@ -277,7 +277,7 @@ impl Metrics {
         let advance = |counter: &IntCounter, now: u64| {
             counter.inc_by(now.saturating_sub(counter.get()));
         };
-        match collector.recorder().stats() {
+        match collector.counters().stats() {
             Ok(kernel) => {
                 advance(&self.slot_exhausted, kernel.slot_exhausted);
                 advance(&self.map_errors, kernel.map_errors);
@@ -288,7 +288,7 @@ impl Metrics {
         self.bpf_stats_enabled.set(i64::from(enabled));
         // Frozen while disabled: no need to ask the kernel.
         if enabled {
-            match collector.recorder().program_stats() {
+            match collector.counters().program_stats() {
                 Ok(programs) => {
                     for program in programs {
                         advance(
