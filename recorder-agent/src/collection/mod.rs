@@ -1,6 +1,9 @@
 //! One collection round: read the counters of every slot that counted since the last round
-//! (and of all slots in a periodic sweep), turn them into deltas since the last read, attribute each cgroup to an identity, fold the deltas into the profile store, and
-//! give the slots of removed cgroups back to the kernel.
+//! (and of all slots in a periodic sweep), turn them into deltas since the last read,
+//! attribute each cgroup to an identity, and give the slots of removed cgroups back to the
+//! kernel. The deltas wait in the collector until [`Collector::fold_into`] adds them to the
+//! profile store: the caller holds the store's lock for that, and only for that, so the
+//! kernel reads and cgroup lookups of a round never block the readers of the store.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,7 +17,7 @@ use crate::{
     kernel::{BpfError, Recorder, Totals},
     profile::syscalls::Arch,
     profile::{
-        Identity, SharedProfiles,
+        Identity, ProfileStore,
         state::{KernelSnapshot, SavedSlot},
     },
 };
@@ -90,6 +93,13 @@ pub struct Collector<C = Recorder> {
     read_buffer: Totals,
     /// Rounds until the next full sweep; 0 means this round sweeps (so does the first).
     sweep_in: u32,
+    /// The last round's deltas by slot, not folded yet: the identity is looked up in `last`
+    /// when folding, not cloned.
+    round_deltas: Vec<(u32, Sparse)>,
+    /// Deltas not folded yet whose slot state may be gone by the time they are: final counts
+    /// of released slots (the identity moved out of the state), and the deltas of a round
+    /// that was not folded before the next round or release.
+    detached_deltas: Vec<(Identity, Sparse)>,
 }
 
 /// `now - before` for the non-zero columns of `now`, as sparse deltas (non-zero only) and the
@@ -138,6 +148,8 @@ impl<C: SlotCounters> Collector<C> {
             slot_table: None,
             read_buffer: Box::new([0; SYSCALL_COLUMNS]),
             sweep_in: 0,
+            round_deltas: Vec::new(),
+            detached_deltas: Vec::new(),
         }
     }
 
@@ -203,16 +215,13 @@ impl<C: SlotCounters> Collector<C> {
         !self.pending_release.is_empty()
     }
 
-    /// Gives back the slots of removed cgroups; call right after a successful state save.
-    /// Counts that arrived after the final read (none, for a removed cgroup) are folded too.
-    pub fn release_pending(
-        &mut self,
-        store: &SharedProfiles,
-        now: SystemTime,
-    ) -> Result<usize, BpfError> {
+    /// Gives back the slots of removed cgroups; call right after a successful state save, and
+    /// [`fold_into`](Self::fold_into) after it. Counts that arrived after the final read
+    /// (none, for a removed cgroup) are kept for folding too.
+    pub fn release_pending(&mut self) -> Result<usize, BpfError> {
+        self.detach_unfolded();
         let mut pending: Vec<(u32, u64)> = self.pending_release.drain().collect();
         self.slot_table = None;
-        let mut updates = Vec::new();
         let mut released = 0;
         let mut failure = None;
         for &(slot, cgroup) in &pending {
@@ -230,22 +239,51 @@ impl<C: SlotCounters> Collector<C> {
                 if let Some(identity) = state.identity
                     && !delta.is_empty()
                 {
-                    updates.push((identity, delta));
+                    self.detached_deltas.push((identity, delta));
                 }
             }
             self.resolver.forget(cgroup);
         }
-        // What was released is folded even when a later release failed; the rest waits for
-        // the next save.
+        // What was released is kept for folding even when a later release failed; the rest
+        // waits for the next save.
         self.pending_release.extend(pending.drain(released..));
-        store.update(|store| {
-            for (identity, delta) in updates {
-                store.add_sparse(&identity, self.arch, &delta, now);
-            }
-        });
         match failure {
             Some(err) => Err(err),
             None => Ok(released),
+        }
+    }
+
+    /// Adds the deltas read since the last call (by rounds and releases) to `store`: the one
+    /// step of a round that needs the store, so the caller runs it under the store's lock.
+    /// What a failed round or release did read is folded too.
+    pub fn fold_into(&mut self, store: &mut ProfileStore, now: SystemTime) {
+        for (slot, delta) in self.round_deltas.drain(..) {
+            if let Some(identity) = self
+                .last
+                .get(&slot)
+                .and_then(|state| state.identity.as_ref())
+            {
+                store.add_sparse(identity, self.arch, &delta, now);
+            }
+        }
+        for (identity, delta) in self.detached_deltas.drain(..) {
+            store.add_sparse(&identity, self.arch, &delta, now);
+        }
+    }
+
+    /// Gives the unfolded deltas of the last round their identity before the slot states they
+    /// refer to change (re-identified by a round, or removed by a release). The agent folds
+    /// after every round and release, so there this finds nothing; only a caller that skips a
+    /// fold pays an identity clone per delta.
+    fn detach_unfolded(&mut self) {
+        for (slot, delta) in self.round_deltas.drain(..) {
+            if let Some(identity) = self
+                .last
+                .get(&slot)
+                .and_then(|state| state.identity.clone())
+            {
+                self.detached_deltas.push((identity, delta));
+            }
         }
     }
 
@@ -265,14 +303,13 @@ impl<C: SlotCounters> Collector<C> {
         self.lost_total
     }
 
-    /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved).
+    /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved). The
+    /// deltas it read, also when it fails part-way, wait for [`fold_into`](Self::fold_into).
     pub fn collect(
         &mut self,
-        store: &SharedProfiles,
-        now: SystemTime,
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
-        let result = self.round(store, now, identify);
+        let result = self.round(identify);
         if result.is_err() {
             // Marks taken by a round that did not finish are gone: the next round reads all.
             self.sweep_in = 0;
@@ -282,10 +319,9 @@ impl<C: SlotCounters> Collector<C> {
 
     fn round(
         &mut self,
-        store: &SharedProfiles,
-        now: SystemTime,
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
+        self.detach_unfolded();
         self.resolver.begin_round();
         let (allocated, slots) = self.take_slot_table()?;
         let mut stats = RoundStats {
@@ -306,8 +342,6 @@ impl<C: SlotCounters> Collector<C> {
             .map(|&(_, slot)| self.counters.take_active(slot))
             .collect::<Result<Vec<bool>, _>>()?;
         self.counters.invalidate_caches()?;
-        // Deltas by slot; the identity is looked up in `last` when folding, not cloned.
-        let mut updates: Vec<(u32, Sparse)> = Vec::new();
         let mut failure = None;
         for (&(cgroup, slot), marked) in slots.iter().zip(marks) {
             if self.pending_release.contains_key(&slot) {
@@ -378,7 +412,7 @@ impl<C: SlotCounters> Collector<C> {
                 stats.released += 1;
             }
             if !idle {
-                updates.push((slot, delta));
+                self.round_deltas.push((slot, delta));
             }
             self.last.insert(
                 slot,
@@ -411,18 +445,6 @@ impl<C: SlotCounters> Collector<C> {
                 failure.get_or_insert(err);
             }
         }
-
-        store.update(|store| {
-            for (slot, delta) in updates {
-                if let Some(identity) = self
-                    .last
-                    .get(&slot)
-                    .and_then(|state| state.identity.as_ref())
-                {
-                    store.add_sparse(identity, self.arch, &delta, now);
-                }
-            }
-        });
         match failure {
             Some(err) => Err(err),
             None => Ok(stats),
