@@ -23,6 +23,10 @@ use crate::{
 };
 
 mod counters;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 pub use counters::SlotCounters;
 
@@ -449,76 +453,5 @@ impl<C: SlotCounters> Collector<C> {
             Some(err) => Err(err),
             None => Ok(stats),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sparse_deltas_match_dense_ones() {
-        let mut before: Totals = Box::new([0; SYSCALL_COLUMNS]);
-        before[0] = 5;
-        before[3] = 9;
-        before[7] = 4;
-        before[511] = 1;
-        let mut now = before.clone();
-        now[0] = 5; // idle column
-        now[3] = 2; // reset: counts from zero
-        now[7] = 10;
-        now[100] = 6; // new column
-        now[511] = 0; // reset to zero
-        let before_sparse: Sparse = before
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c != 0)
-            .map(|(nr, c)| (nr as u16, *c))
-            .collect();
-        let (mut delta, mut totals) = (Vec::new(), Vec::new());
-        sparse_deltas(&now, &before_sparse, &mut delta, &mut totals);
-        assert_eq!(delta, vec![(3, 2), (7, 6), (100, 6)]);
-        assert_eq!(totals, vec![(0, 5), (3, 2), (7, 10), (100, 6)]);
-        let dense = deltas(&now, Some(&before));
-        let from_dense: Sparse = dense
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c != 0)
-            .map(|(nr, c)| (nr as u16, *c))
-            .collect();
-        assert_eq!(delta, from_dense);
-        // First read: everything is new.
-        sparse_deltas(&now, &[], &mut delta, &mut totals);
-        assert_eq!(delta, totals);
-    }
-
-    /// The dense reference the sparse form must agree with.
-    fn deltas(now: &Totals, before: Option<&Totals>) -> Totals {
-        let mut out: Totals = Box::new([0; SYSCALL_COLUMNS]);
-        for (i, slot) in out.iter_mut().enumerate() {
-            let previous = before.map_or(0, |b| b[i]);
-            *slot = if now[i] >= previous {
-                now[i] - previous
-            } else {
-                now[i]
-            };
-        }
-        out
-    }
-
-    #[test]
-    fn deltas_handle_first_read_and_reset() {
-        let mut a: Totals = Box::new([0; SYSCALL_COLUMNS]);
-        a[0] = 5;
-        a[1] = 2;
-        let (mut delta, mut totals) = (Vec::new(), Vec::new());
-        sparse_deltas(&a, &[], &mut delta, &mut totals);
-        assert_eq!(delta.first(), Some(&(0, 5)));
-        let mut b = a.clone();
-        b[0] = 7;
-        b[1] = 1; // reset: counts from zero
-        let before = totals.clone();
-        sparse_deltas(&b, &before, &mut delta, &mut totals);
-        assert_eq!(delta, vec![(0, 2), (1, 1)]);
     }
 }
