@@ -139,7 +139,7 @@ fn sparse_deltas(
 }
 
 impl<C: SlotCounters> Collector<C> {
-    /// A collector over the counters of an attached recorder.
+    /// A collector over `counters`: an attached [`Recorder`] in the agent.
     pub fn new(counters: C, resolver: Resolver, arch: Arch) -> Self {
         Self {
             counters,
