@@ -161,10 +161,16 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
         let identify = |_id: u64, path: Option<&str>| {
             path.map_or_else(Identity::unresolved, Identity::from_cgroup_path)
         };
+        // What the agent's loop does each round: collect, then fold under the store's lock.
+        let mut round = || {
+            let stats = collector.collect(&identify);
+            store.update(|store| collector.fold_into(store, SystemTime::now()));
+            stats
+        };
         // The first round resolves every new cgroup (a tree walk); it is reported apart.
         cgroups.touch_all()?;
         let started = Instant::now();
-        let first = collector.collect(&store, SystemTime::now(), &identify)?;
+        let first = round()?;
         let first_round = started.elapsed();
         let mut times = Vec::new();
         let mut active = 0;
@@ -174,9 +180,9 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
             // the kernel tearing down a thousand processes on the other core.
             std::thread::sleep(Duration::from_millis(300));
             let started = Instant::now();
-            let round = collector.collect(&store, SystemTime::now(), &identify)?;
+            let stats = round()?;
             times.push(started.elapsed());
-            active = round.read;
+            active = stats.read;
         }
         let steady = median(times);
         // The kernel side of a round alone: the slot table and every slot's counters.
@@ -184,9 +190,9 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
         let mut buffer = Box::new([0; recorder_ebpf::SYSCALL_COLUMNS]);
         for _ in 0..args.rounds {
             let started = Instant::now();
-            let slots = collector.recorder().slots()?;
+            let slots = collector.counters().slots()?;
             for (_, slot) in &slots {
-                collector.recorder().read_slot_into(*slot, &mut buffer)?;
+                collector.counters().read_slot_into(*slot, &mut buffer)?;
                 std::hint::black_box(&buffer);
             }
             reads.push(started.elapsed());

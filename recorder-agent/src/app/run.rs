@@ -314,25 +314,27 @@ fn collection_loop(
         }
         let round = match &attributing.attribution {
             Some(attribution) => {
-                let result = collector.collect(
-                    &shared.profiles,
-                    SystemTime::now(),
-                    &|id: u64, path: Option<&str>| attribution.identify(id, path),
-                );
-                shared
-                    .profiles
-                    .update(|store| attribution.apply_renames(store));
-                result
+                collector.collect(&|id: u64, path: Option<&str>| attribution.identify(id, path))
             }
-            None => collector.collect(&shared.profiles, SystemTime::now(), &identify),
+            None => collector.collect(&identify),
         };
+        // The round's one write to the store: what it read (also if it failed part-way), the
+        // renames it made possible, and the baselines that became due.
+        let took = shared.profiles.update(|store| {
+            let now = SystemTime::now();
+            collector.fold_into(store, now);
+            if let Some(attribution) = &attributing.attribution {
+                attribution.apply_renames(store);
+            }
+            // The duration metric covers reading, resolving and folding, not the bookkeeping.
+            let took = started.elapsed();
+            // Drift is measured against the profile as it stood when it became stable.
+            store.freeze_stable_baselines(now, shared.stable_after);
+            took
+        });
         shared
             .metrics
-            .record_round(&mut collector, &round, started.elapsed());
-        // Drift is measured against the profile as it stood when it became stable.
-        shared
-            .profiles
-            .update(|store| store.freeze_stable_baselines(SystemTime::now(), shared.stable_after));
+            .record_round(collector.counters(), &round, took);
         match round {
             Ok(stats) => {
                 tracing::debug!(
@@ -345,23 +347,23 @@ fn collection_loop(
                 if stats.lost_calls > 0 {
                     warn!(
                         lost_calls = stats.lost_calls,
-                        capacity = collector.recorder().capacity(),
+                        capacity = collector.counters().capacity(),
                         "cgroup capacity exhausted: calls of cgroups without a slot were not attributed (raise --max-cgroups)"
                     );
                 }
-                let kernel = collector.recorder().stats().unwrap_or_default();
+                let kernel = collector.counters().stats().unwrap_or_default();
                 {
                     let mut status = shared
                         .status
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    status.capacity = collector.recorder().capacity();
+                    status.capacity = collector.counters().capacity();
                     status.cgroups = stats.cgroups;
                     status.unresolved_cgroups = stats.unresolved;
                     status.lost_calls = collector.lost_total();
                     status.slot_exhausted = kernel.slot_exhausted;
                     status.kernel_map_errors = kernel.map_errors;
-                    status.pinned_counters_reused = collector.recorder().continuity().reused_maps;
+                    status.pinned_counters_reused = collector.counters().continuity().reused_maps;
                     status.last_collection_us = started.elapsed().as_micros() as u64;
                     status.collections += 1;
                 }
@@ -383,8 +385,12 @@ fn collection_loop(
             let profiles: Vec<_> = shared.profiles.read().iter().cloned().collect();
             match state.save(shared.arch, profiles, Some(collector.snapshot())) {
                 Ok(()) => {
-                    if let Err(err) = collector.release_pending(&shared.profiles, SystemTime::now())
-                    {
+                    let released = collector.release_pending();
+                    // What was released is folded also when a later release failed.
+                    shared
+                        .profiles
+                        .update(|store| collector.fold_into(store, SystemTime::now()));
+                    if let Err(err) = released {
                         warn!(error = %Report(&err), "giving slots back failed");
                     }
                 }

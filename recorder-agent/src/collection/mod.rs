@@ -1,6 +1,9 @@
 //! One collection round: read the counters of every slot that counted since the last round
-//! (and of all slots in a periodic sweep), turn them into deltas since the last read, attribute each cgroup to an identity, fold the deltas into the profile store, and
-//! give the slots of removed cgroups back to the kernel.
+//! (and of all slots in a periodic sweep), turn them into deltas since the last read,
+//! attribute each cgroup to an identity, and give the slots of removed cgroups back to the
+//! kernel. The deltas wait in the collector until [`Collector::fold_into`] adds them to the
+//! profile store: the caller holds the store's lock for that, and only for that, so the
+//! kernel reads and cgroup lookups of a round never block the readers of the store.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,10 +17,18 @@ use crate::{
     kernel::{BpfError, Recorder, Totals},
     profile::syscalls::Arch,
     profile::{
-        Identity, SharedProfiles,
+        Identity, ProfileStore,
         state::{KernelSnapshot, SavedSlot},
     },
 };
+
+mod counters;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use counters::SlotCounters;
 
 /// What a round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,10 +76,11 @@ fn from_saved(saved: &BTreeMap<u16, u64>) -> Sparse {
         .collect()
 }
 
-/// Collection state carried between rounds.
+/// Collection state carried between rounds, over the kernel's counters (`C`: the attached
+/// [`Recorder`], or a fake in tests).
 #[derive(Debug)]
-pub struct Collector {
-    recorder: Recorder,
+pub struct Collector<C = Recorder> {
+    counters: C,
     resolver: Resolver,
     arch: Arch,
     last: HashMap<u32, SlotState>,
@@ -85,6 +97,13 @@ pub struct Collector {
     read_buffer: Totals,
     /// Rounds until the next full sweep; 0 means this round sweeps (so does the first).
     sweep_in: u32,
+    /// The last round's deltas by slot, not folded yet: the identity is looked up in `last`
+    /// when folding, not cloned.
+    round_deltas: Vec<(u32, Sparse)>,
+    /// Deltas not folded yet whose slot state may be gone by the time they are: final counts
+    /// of released slots (the identity moved out of the state), and the deltas of a round
+    /// that was not folded before the next round or release.
+    detached_deltas: Vec<(Identity, Sparse)>,
 }
 
 /// `now - before` for the non-zero columns of `now`, as sparse deltas (non-zero only) and the
@@ -119,11 +138,11 @@ fn sparse_deltas(
     }
 }
 
-impl Collector {
-    /// A collector over an attached recorder.
-    pub fn new(recorder: Recorder, resolver: Resolver, arch: Arch) -> Self {
+impl<C: SlotCounters> Collector<C> {
+    /// A collector over `counters`: an attached [`Recorder`] in the agent.
+    pub fn new(counters: C, resolver: Resolver, arch: Arch) -> Self {
         Self {
-            recorder,
+            counters,
             resolver,
             arch,
             last: HashMap::new(),
@@ -133,16 +152,18 @@ impl Collector {
             slot_table: None,
             read_buffer: Box::new([0; SYSCALL_COLUMNS]),
             sweep_in: 0,
+            round_deltas: Vec::new(),
+            detached_deltas: Vec::new(),
         }
     }
 
     /// The (cgroup, slot) pairs with the allocation count they were read at, taken out of the
     /// cache when no slot was handed out since (the round puts them back).
     fn take_slot_table(&mut self) -> Result<(u64, Vec<(u64, u32)>), BpfError> {
-        let allocated = self.recorder.slots_allocated()?;
+        let allocated = self.counters.slots_allocated()?;
         match self.slot_table.take() {
             Some((seen, table)) if seen == allocated => Ok((seen, table)),
-            _ => Ok((allocated, self.recorder.slots()?)),
+            _ => Ok((allocated, self.counters.slots()?)),
         }
     }
 
@@ -160,7 +181,7 @@ impl Collector {
             .collect();
         slots.sort_by_key(|saved| saved.slot);
         KernelSnapshot {
-            counts_map_id: self.recorder.continuity().counts_map_id,
+            counts_map_id: self.counters.continuity().counts_map_id,
             slots,
             overflow: self.overflow_last.iter().copied().collect(),
         }
@@ -169,7 +190,7 @@ impl Collector {
     /// Continues from a snapshot saved by a previous agent, if it describes the counters this
     /// agent reuses. Returns whether it did.
     pub fn restore(&mut self, snapshot: &KernelSnapshot) -> bool {
-        let continuity = self.recorder.continuity();
+        let continuity = self.counters.continuity();
         if !continuity.reused_maps || snapshot.counts_map_id != continuity.counts_map_id {
             return false;
         }
@@ -198,20 +219,17 @@ impl Collector {
         !self.pending_release.is_empty()
     }
 
-    /// Gives back the slots of removed cgroups; call right after a successful state save.
-    /// Counts that arrived after the final read (none, for a removed cgroup) are folded too.
-    pub fn release_pending(
-        &mut self,
-        store: &SharedProfiles,
-        now: SystemTime,
-    ) -> Result<usize, BpfError> {
+    /// Gives back the slots of removed cgroups; call right after a successful state save, and
+    /// [`fold_into`](Self::fold_into) after it. Counts that arrived after the final read
+    /// (none, for a removed cgroup) are kept for folding too.
+    pub fn release_pending(&mut self) -> Result<usize, BpfError> {
+        self.detach_unfolded();
         let mut pending: Vec<(u32, u64)> = self.pending_release.drain().collect();
         self.slot_table = None;
-        let mut updates = Vec::new();
         let mut released = 0;
         let mut failure = None;
         for &(slot, cgroup) in &pending {
-            let last = match self.recorder.release(cgroup, slot) {
+            let last = match self.counters.release(cgroup, slot) {
                 Ok(last) => last,
                 Err(err) => {
                     failure = Some(err);
@@ -225,28 +243,58 @@ impl Collector {
                 if let Some(identity) = state.identity
                     && !delta.is_empty()
                 {
-                    updates.push((identity, delta));
+                    self.detached_deltas.push((identity, delta));
                 }
             }
             self.resolver.forget(cgroup);
         }
-        // What was released is folded even when a later release failed; the rest waits for
-        // the next save.
+        // What was released is kept for folding even when a later release failed; the rest
+        // waits for the next save.
         self.pending_release.extend(pending.drain(released..));
-        store.update(|store| {
-            for (identity, delta) in updates {
-                store.add_sparse(&identity, self.arch, &delta, now);
-            }
-        });
         match failure {
             Some(err) => Err(err),
             None => Ok(released),
         }
     }
 
-    /// The recorder, read-only (capacity, statistics); slots change only through the collector.
-    pub fn recorder(&self) -> &Recorder {
-        &self.recorder
+    /// Adds the deltas read since the last call (by rounds and releases) to `store`: the one
+    /// step of a round that needs the store, so the caller runs it under the store's lock.
+    /// What a failed round or release did read is folded too.
+    pub fn fold_into(&mut self, store: &mut ProfileStore, now: SystemTime) {
+        for (slot, delta) in self.round_deltas.drain(..) {
+            if let Some(identity) = self
+                .last
+                .get(&slot)
+                .and_then(|state| state.identity.as_ref())
+            {
+                store.add_sparse(identity, self.arch, &delta, now);
+            }
+        }
+        for (identity, delta) in self.detached_deltas.drain(..) {
+            store.add_sparse(&identity, self.arch, &delta, now);
+        }
+    }
+
+    /// Gives the unfolded deltas of the last round their identity before the slot states they
+    /// refer to change (re-identified by a round, or removed by a release). The agent folds
+    /// after every round and release, so there this finds nothing; only a caller that skips a
+    /// fold pays an identity clone per delta.
+    fn detach_unfolded(&mut self) {
+        for (slot, delta) in self.round_deltas.drain(..) {
+            if let Some(identity) = self
+                .last
+                .get(&slot)
+                .and_then(|state| state.identity.clone())
+            {
+                self.detached_deltas.push((identity, delta));
+            }
+        }
+    }
+
+    /// The counters, read-only (capacity, statistics); slots change only through the
+    /// collector.
+    pub fn counters(&self) -> &C {
+        &self.counters
     }
 
     /// The resolver.
@@ -259,14 +307,13 @@ impl Collector {
         self.lost_total
     }
 
-    /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved).
+    /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved). The
+    /// deltas it read, also when it fails part-way, wait for [`fold_into`](Self::fold_into).
     pub fn collect(
         &mut self,
-        store: &SharedProfiles,
-        now: SystemTime,
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
-        let result = self.round(store, now, identify);
+        let result = self.round(identify);
         if result.is_err() {
             // Marks taken by a round that did not finish are gone: the next round reads all.
             self.sweep_in = 0;
@@ -276,10 +323,9 @@ impl Collector {
 
     fn round(
         &mut self,
-        store: &SharedProfiles,
-        now: SystemTime,
         identify: &dyn Fn(u64, Option<&str>) -> Identity,
     ) -> Result<RoundStats, BpfError> {
+        self.detach_unfolded();
         self.resolver.begin_round();
         let (allocated, slots) = self.take_slot_table()?;
         let mut stats = RoundStats {
@@ -297,11 +343,9 @@ impl Collector {
         // slot again for the next round.
         let marks = slots
             .iter()
-            .map(|&(_, slot)| self.recorder.take_active(slot))
+            .map(|&(_, slot)| self.counters.take_active(slot))
             .collect::<Result<Vec<bool>, _>>()?;
-        self.recorder.invalidate_caches()?;
-        // Deltas by slot; the identity is looked up in `last` when folding, not cloned.
-        let mut updates: Vec<(u32, Sparse)> = Vec::new();
+        self.counters.invalidate_caches()?;
         let mut failure = None;
         for (&(cgroup, slot), marked) in slots.iter().zip(marks) {
             if self.pending_release.contains_key(&slot) {
@@ -317,7 +361,7 @@ impl Collector {
             // it was (a slot without state would count all its totals again), and what the
             // other slots read is still folded.
             if read {
-                if let Err(err) = self.recorder.read_slot_into(slot, &mut self.read_buffer) {
+                if let Err(err) = self.counters.read_slot_into(slot, &mut self.read_buffer) {
                     failure.get_or_insert(err);
                     continue;
                 }
@@ -372,7 +416,7 @@ impl Collector {
                 stats.released += 1;
             }
             if !idle {
-                updates.push((slot, delta));
+                self.round_deltas.push((slot, delta));
             }
             self.last.insert(
                 slot,
@@ -386,7 +430,7 @@ impl Collector {
         }
         self.slot_table = Some((allocated, slots));
         match self
-            .recorder
+            .counters
             .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)
         {
             Ok(()) => {
@@ -405,92 +449,9 @@ impl Collector {
                 failure.get_or_insert(err);
             }
         }
-
-        store.update(|store| {
-            for (slot, delta) in updates {
-                if let Some(identity) = self
-                    .last
-                    .get(&slot)
-                    .and_then(|state| state.identity.as_ref())
-                {
-                    store.add_sparse(identity, self.arch, &delta, now);
-                }
-            }
-        });
         match failure {
             Some(err) => Err(err),
             None => Ok(stats),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sparse_deltas_match_dense_ones() {
-        let mut before: Totals = Box::new([0; SYSCALL_COLUMNS]);
-        before[0] = 5;
-        before[3] = 9;
-        before[7] = 4;
-        before[511] = 1;
-        let mut now = before.clone();
-        now[0] = 5; // idle column
-        now[3] = 2; // reset: counts from zero
-        now[7] = 10;
-        now[100] = 6; // new column
-        now[511] = 0; // reset to zero
-        let before_sparse: Sparse = before
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c != 0)
-            .map(|(nr, c)| (nr as u16, *c))
-            .collect();
-        let (mut delta, mut totals) = (Vec::new(), Vec::new());
-        sparse_deltas(&now, &before_sparse, &mut delta, &mut totals);
-        assert_eq!(delta, vec![(3, 2), (7, 6), (100, 6)]);
-        assert_eq!(totals, vec![(0, 5), (3, 2), (7, 10), (100, 6)]);
-        let dense = deltas(&now, Some(&before));
-        let from_dense: Sparse = dense
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c != 0)
-            .map(|(nr, c)| (nr as u16, *c))
-            .collect();
-        assert_eq!(delta, from_dense);
-        // First read: everything is new.
-        sparse_deltas(&now, &[], &mut delta, &mut totals);
-        assert_eq!(delta, totals);
-    }
-
-    /// The dense reference the sparse form must agree with.
-    fn deltas(now: &Totals, before: Option<&Totals>) -> Totals {
-        let mut out: Totals = Box::new([0; SYSCALL_COLUMNS]);
-        for (i, slot) in out.iter_mut().enumerate() {
-            let previous = before.map_or(0, |b| b[i]);
-            *slot = if now[i] >= previous {
-                now[i] - previous
-            } else {
-                now[i]
-            };
-        }
-        out
-    }
-
-    #[test]
-    fn deltas_handle_first_read_and_reset() {
-        let mut a: Totals = Box::new([0; SYSCALL_COLUMNS]);
-        a[0] = 5;
-        a[1] = 2;
-        let (mut delta, mut totals) = (Vec::new(), Vec::new());
-        sparse_deltas(&a, &[], &mut delta, &mut totals);
-        assert_eq!(delta.first(), Some(&(0, 5)));
-        let mut b = a.clone();
-        b[0] = 7;
-        b[1] = 1; // reset: counts from zero
-        let before = totals.clone();
-        sparse_deltas(&b, &before, &mut delta, &mut totals);
-        assert_eq!(delta, vec![(0, 2), (1, 1)]);
     }
 }

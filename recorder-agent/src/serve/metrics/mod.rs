@@ -25,8 +25,8 @@ use prometheus::{
 use tracing::warn;
 
 use crate::{
-    collection::{Collector, RoundStats},
-    kernel::{self, BpfError},
+    collection::RoundStats,
+    kernel::{self, BpfError, Recorder},
     profile::{ProfileStore, syscalls::Arch},
     report::Report,
 };
@@ -253,10 +253,10 @@ impl Metrics {
     }
 
     /// Records one collection round: its outcome and duration, and the kernel-side counters
-    /// and program statistics read from the collector's recorder.
+    /// and program statistics read from the recorder.
     pub fn record_round(
         &self,
-        collector: &mut Collector,
+        recorder: &Recorder,
         result: &Result<RoundStats, BpfError>,
         took: Duration,
     ) {
@@ -278,7 +278,7 @@ impl Metrics {
         let advance = |counter: &IntCounter, now: u64| {
             counter.inc_by(now.saturating_sub(counter.get()));
         };
-        match collector.recorder().stats() {
+        match recorder.stats() {
             Ok(kernel) => {
                 advance(&self.slot_exhausted, kernel.slot_exhausted);
                 advance(&self.map_errors, kernel.map_errors);
@@ -289,7 +289,7 @@ impl Metrics {
         self.bpf_stats_enabled.set(i64::from(enabled));
         // Frozen while disabled: no need to ask the kernel.
         if enabled {
-            match collector.recorder().program_stats() {
+            match recorder.program_stats() {
                 Ok(programs) => {
                     for program in programs {
                         advance(
