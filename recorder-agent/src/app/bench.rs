@@ -44,7 +44,8 @@ pub fn probe(args: &BenchProbeArgs) -> anyhow::Result<ExitCode> {
     hold()?;
     let stats = recorder.stats()?;
     let (runs, ns) = recorder
-        .program_stats()?
+        .attached_programs()
+        .stats()
         .into_iter()
         .find(|stats| stats.program == recorder_ebpf::PROG_SYS_ENTER)
         .map_or((0, 0), |stats| (stats.run_count, stats.run_time.as_nanos()));

@@ -3,5 +3,7 @@
 //! [`bench`] (the benchmark's agent side).
 
 pub mod bench;
+mod cgroup_events;
+mod collection_loop;
 pub mod record;
 pub mod run;

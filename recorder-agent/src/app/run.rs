@@ -2,51 +2,55 @@
 //! a graceful shutdown (final collection, state flush) on SIGINT/SIGTERM.
 
 use std::{
+    path::Path,
     sync::{Arc, mpsc},
     thread,
-    time::{Duration, Instant, SystemTime},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
+use super::{cgroup_events, collection_loop::CollectionLoop};
 use crate::{
-    attribution::cgroup::{self, Resolver},
-    attribution::kubernetes,
+    attribution::{
+        cgroup::{self, Resolver},
+        kubernetes,
+    },
     collection::Collector,
-    config::{KubernetesMode, RunArgs},
-    export::delivery::Delivery,
-    kernel::{LoadOptions, Recorder},
-    profile::Identity,
-    profile::state::{Loaded, StateDir},
-    profile::syscalls::Arch,
-    report::Report,
-    serve::{self, Shared, state::Condition},
+    config::{KubernetesMode, RunArgs, UnpinArgs},
+    export::delivery::{self, Delivery},
+    kernel::{self, LoadOptions, Recorder},
+    profile::{
+        state::{KernelSnapshot, Loaded, StateDir},
+        syscalls::Arch,
+    },
+    serve::{
+        self, Shared,
+        metrics::{Metrics, MetricsOptions},
+        state::Condition,
+    },
 };
 
-/// How often learned profiles are flushed to the state dir (and on shutdown).
-const STATE_SAVE_EVERY: Duration = Duration::from_secs(30);
-/// How often at most the state is saved to let slots of removed cgroups go.
-const RELEASE_SAVE_EVERY: Duration = Duration::from_secs(1);
-
 /// `recorder-agent unpin`: removes the pins an agent left (uninstall).
-pub fn unpin(args: &crate::config::UnpinArgs) -> anyhow::Result<std::process::ExitCode> {
-    let removed = crate::kernel::unpin_all(&args.bpffs)?;
+pub fn unpin(args: &UnpinArgs) -> anyhow::Result<std::process::ExitCode> {
+    let removed = kernel::unpin_all(&args.bpffs)?;
     eprintln!(
         "recorder-agent: removed {removed} pin(s) under {}",
-        crate::kernel::pin_root(&args.bpffs).display()
+        kernel::pin_root(&args.bpffs).display()
     );
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Whether Kubernetes attribution is wanted, from the flag and the environment.
-fn kubernetes_wanted(mode: KubernetesMode) -> bool {
-    match mode {
+fn kubernetes_wanted(args: &RunArgs) -> bool {
+    match args.kubernetes {
         KubernetesMode::On => true,
         KubernetesMode::Off => false,
         KubernetesMode::Auto => {
             std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
                 || std::env::var_os("KUBECONFIG").is_some()
+                || args.kubeconfig.is_some()
         }
     }
 }
@@ -55,9 +59,7 @@ fn kubernetes_wanted(mode: KubernetesMode) -> bool {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Kubernetes mode: the node name and a client first, so a misconfiguration fails before
     // anything is loaded.
-    let kubernetes = if kubernetes_wanted(args.kubernetes)
-        || (args.kubernetes == KubernetesMode::Auto && args.kubeconfig.is_some())
-    {
+    let kubernetes = if kubernetes_wanted(&args) {
         let node_name = args
             .node_name
             .clone()
@@ -81,9 +83,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
              root and syscalls cannot be told apart by container (use a cgroup v2 or hybrid host)"
         );
     }
-    crate::kernel::check_privileges()?;
+    kernel::check_privileges()?;
 
-    let metrics = crate::serve::metrics::Metrics::new(crate::serve::metrics::MetricsOptions {
+    let metrics = Metrics::new(MetricsOptions {
         max_series: args.max_series as usize,
         kubernetes: kubernetes.is_some(),
         capacity: args.max_cgroups,
@@ -105,35 +107,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(kubernetes::Attribution::new(index))
     });
     let state = StateDir::new(args.state_dir.clone());
-    let mut saved_kernel = None;
-    match state.load().context("reading the state dir")? {
-        Loaded::Empty => info!(path = %state.file().display(), "no saved profiles"),
-        Loaded::Profiles(profiles, kernel) => {
-            info!(path = %state.file().display(), profiles = profiles.len(), "restored profiles");
-            saved_kernel = kernel;
-            shared.profiles.update(|store| {
-                for profile in profiles {
-                    store.merge_profile(profile);
-                }
-            });
-        }
-        Loaded::MovedAside { reason, aside } => warn!(
-            path = %state.file().display(),
-            aside = %aside.display(),
-            error = &reason as &dyn std::error::Error,
-            "state file unreadable; moved aside, starting with no profiles"
-        ),
-    }
+    let saved_kernel = restore_profiles(&state, &shared)?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let recorder = Recorder::load_and_attach(LoadOptions {
+    let mut recorder = Recorder::load_and_attach(LoadOptions {
         capacity: args.max_cgroups,
         skip_tgid: std::process::id(),
         bpffs: (!args.no_pin).then(|| args.bpffs.clone()),
     })?;
-    let continuity = recorder.continuity();
     info!(
         listen = %args.listen,
         cgroup_root = %cgroup_root.display(),
@@ -141,52 +124,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         interval = ?args.interval,
         "attached to sys_enter; counting every cgroup"
     );
-    let mut recorder = recorder;
-    let learned = spawn_cgroup_events(&mut recorder, cgroup_root.clone())?;
+    shared.metrics.watch_programs(recorder.attached_programs());
+    let learned = match recorder.take_cgroup_events() {
+        Some(events) => cgroup_events::spawn(events, cgroup_root.clone())?,
+        None => cgroup_events::Learned::default(),
+    };
     let mut collector = Collector::new(recorder, Resolver::new(cgroup_root), arch);
-    if continuity.reused_maps {
-        let restored = saved_kernel
-            .as_ref()
-            .is_some_and(|snapshot| collector.restore(snapshot));
-        info!(
-            programs_kept_attached = continuity.reused_programs,
-            baselines_restored = restored,
-            "continuing from pinned counters: syscalls made while no agent ran are included"
-        );
-        if !restored {
-            warn!(
-                "no saved baselines for the pinned counters: what they counted before is added again to the saved profiles"
-            );
-        }
-    }
+    continue_from(&mut collector, saved_kernel.as_ref());
     let delivery = match &args.seccomp_dir {
-        Some(dir) => {
-            let delivery = Delivery::new(dir, arch)?;
-            info!(dir = %dir.join(crate::export::delivery::SUBDIR).display(), "delivering profiles to the kubelet seccomp dir");
-            Some(delivery)
-        }
+        Some(dir) => Some(start_delivery(dir, arch)?),
         None => None,
     };
 
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let loop_shared = Arc::clone(&shared);
-    let interval = args.interval;
+    let collection = CollectionLoop {
+        collector,
+        shared: Arc::clone(&shared),
+        state,
+        interval: args.interval,
+        delivery,
+        attribution,
+        learned,
+    };
     let collection = thread::Builder::new()
         .name("collector".into())
-        .spawn(move || {
-            collection_loop(
-                collector,
-                &loop_shared,
-                &state,
-                interval,
-                &stop_rx,
-                delivery,
-                &Attributing {
-                    attribution,
-                    learned,
-                },
-            )
-        })
+        .spawn(move || collection.run(&stop_rx))
         .context("starting the collection thread")?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -201,15 +163,70 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_signal().await?;
     info!("shutting down: final collection and state flush");
     let _ = stop_tx.send(());
-    let result = tokio::task::spawn_blocking(move || collection.join())
+    let joined = tokio::task::spawn_blocking(move || collection.join())
         .await
         .context("joining the collection thread")?;
     let _ = shutdown_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    match result {
-        Ok(result) => result,
-        Err(_) => bail!("the collection thread panicked"),
+    if joined.is_err() {
+        bail!("the collection thread panicked");
     }
+    Ok(())
+}
+
+/// Loads the saved profiles into the store; returns how far they include the kernel counters.
+/// A state file this agent cannot read was moved aside: the agent starts empty, loudly.
+fn restore_profiles(state: &StateDir, shared: &Shared) -> anyhow::Result<Option<KernelSnapshot>> {
+    match state.load().context("reading the state dir")? {
+        Loaded::Empty => {
+            info!(path = %state.file().display(), "no saved profiles");
+            Ok(None)
+        }
+        Loaded::Profiles(profiles, kernel) => {
+            info!(path = %state.file().display(), profiles = profiles.len(), "restored profiles");
+            shared.profiles.update(|store| {
+                for profile in profiles {
+                    store.merge_profile(profile);
+                }
+            });
+            Ok(kernel)
+        }
+        Loaded::MovedAside { reason, aside } => {
+            warn!(
+                path = %state.file().display(),
+                aside = %aside.display(),
+                error = &reason as &dyn std::error::Error,
+                "state file unreadable; moved aside, starting with no profiles"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// With pinned counters of a previous agent, continues from its saved snapshot: what was
+/// counted while no agent ran is added, nothing twice.
+fn continue_from(collector: &mut Collector, saved: Option<&KernelSnapshot>) {
+    let continuity = collector.counters().continuity();
+    if !continuity.reused_maps {
+        return;
+    }
+    let restored = saved.is_some_and(|snapshot| collector.restore(snapshot));
+    info!(
+        programs_kept_attached = continuity.reused_programs,
+        baselines_restored = restored,
+        "continuing from pinned counters: syscalls made while no agent ran are included"
+    );
+    if !restored {
+        warn!(
+            "no saved baselines for the pinned counters: what they counted before is added again to the saved profiles"
+        );
+    }
+}
+
+fn start_delivery(dir: &Path, arch: Arch) -> anyhow::Result<Delivery> {
+    let delivery = Delivery::new(dir, arch)?;
+    info!(dir = %dir.join(delivery::SUBDIR).display(), "delivering profiles to the kubelet seccomp dir");
+    Ok(delivery)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -220,189 +237,4 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
     }
     Ok(())
-}
-
-fn identify(_cgroup: u64, path: Option<&str>) -> Identity {
-    path.map_or_else(Identity::unresolved, Identity::from_cgroup_path)
-}
-
-/// Paths learned from cgroup creation events, waiting for the next round.
-type Learned = Arc<std::sync::Mutex<Vec<(u64, String)>>>;
-
-/// What the collection loop needs besides the collector for Kubernetes attribution.
-struct Attributing {
-    attribution: Option<Arc<kubernetes::Attribution>>,
-    learned: Learned,
-}
-
-/// Starts the thread that turns cgroup creation events into (id, path) pairs while the
-/// directory exists: a container that lives shorter than an interval is gone before the
-/// collector's tree walk. A blocking poll thread instead of tokio's AsyncFd keeps the stat
-/// off the runtime and independent of the HTTP side.
-fn spawn_cgroup_events(
-    recorder: &mut Recorder,
-    root: std::path::PathBuf,
-) -> anyhow::Result<Learned> {
-    let learned: Learned = Arc::default();
-    let Some(mut events) = recorder.take_cgroup_events() else {
-        return Ok(learned);
-    };
-    let out = Arc::clone(&learned);
-    thread::Builder::new()
-        .name("cgroup-events".into())
-        .spawn(move || {
-            // Hybrid hosts report each path once per hierarchy: remember the recent ids.
-            let mut recent = std::collections::HashSet::new();
-            loop {
-                if let Err(err) = events.wait(Duration::from_millis(500)) {
-                    warn!(error = %Report(&err), "waiting for cgroup events failed; stopping them");
-                    return;
-                }
-                let mut batch = Vec::new();
-                events.drain(|path| {
-                    let rel = path.trim_start_matches('/');
-                    // Directories of v1-only hierarchies do not exist under the cgroup2 root.
-                    if let Ok(id) = cgroup::cgroup_id(&root.join(rel))
-                        && recent.insert(id)
-                    {
-                        batch.push((id, rel.to_owned()));
-                    }
-                });
-                if recent.len() > 16_384 {
-                    recent.clear();
-                }
-                if !batch.is_empty() {
-                    out.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .extend(batch);
-                }
-            }
-        })
-        .context("starting the cgroup events thread")?;
-    Ok(learned)
-}
-
-fn collection_loop(
-    mut collector: Collector,
-    shared: &Shared,
-    state: &StateDir,
-    interval: Duration,
-    stop: &mpsc::Receiver<()>,
-    mut delivery: Option<Delivery>,
-    attributing: &Attributing,
-) -> anyhow::Result<()> {
-    let mut next = Instant::now();
-    let mut last_save = Instant::now();
-    loop {
-        let stopping = match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
-            Err(mpsc::RecvTimeoutError::Timeout) => false,
-        };
-        next += interval;
-        if stopping {
-            // The last round reads every slot: without pinned maps the counters go with us.
-            collector.sweep_next_round();
-        }
-        let started = Instant::now();
-        for (id, path) in std::mem::take(
-            &mut *attributing
-                .learned
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ) {
-            collector.resolver().insert(id, path);
-        }
-        let round = match &attributing.attribution {
-            Some(attribution) => {
-                collector.collect(&|id: u64, path: Option<&str>| attribution.identify(id, path))
-            }
-            None => collector.collect(&identify),
-        };
-        // The round's one write to the store: what it read (also if it failed part-way), the
-        // renames it made possible, and the baselines that became due.
-        let took = shared.profiles.update(|store| {
-            let now = SystemTime::now();
-            collector.fold_into(store, now);
-            if let Some(attribution) = &attributing.attribution {
-                attribution.apply_renames(store);
-            }
-            // The duration metric covers reading, resolving and folding, not the bookkeeping.
-            let took = started.elapsed();
-            // Drift is measured against the profile as it stood when it became stable.
-            store.freeze_stable_baselines(now, shared.stable_after);
-            took
-        });
-        shared
-            .metrics
-            .record_round(collector.counters(), &round, took);
-        match round {
-            Ok(stats) => {
-                tracing::debug!(
-                    cgroups = stats.cgroups,
-                    unresolved = stats.unresolved,
-                    released = stats.released,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "collected"
-                );
-                if stats.lost_calls > 0 {
-                    warn!(
-                        lost_calls = stats.lost_calls,
-                        capacity = collector.counters().capacity(),
-                        "cgroup capacity exhausted: calls of cgroups without a slot were not attributed (raise --max-cgroups)"
-                    );
-                }
-                let kernel = collector.counters().stats().unwrap_or_default();
-                {
-                    let mut status = shared
-                        .status
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    status.capacity = collector.counters().capacity();
-                    status.cgroups = stats.cgroups;
-                    status.unresolved_cgroups = stats.unresolved;
-                    status.lost_calls = collector.lost_total();
-                    status.slot_exhausted = kernel.slot_exhausted;
-                    status.kernel_map_errors = kernel.map_errors;
-                    status.pinned_counters_reused = collector.counters().continuity().reused_maps;
-                    status.last_collection_us = started.elapsed().as_micros() as u64;
-                    status.collections += 1;
-                }
-                if shared.readiness.met(Condition::FirstCollection) {
-                    info!(cgroups = stats.cgroups, "first collection done; ready");
-                }
-            }
-            Err(err) => warn!(error = %Report(&err), "collection failed"),
-        }
-        if let Some(delivery) = &mut delivery {
-            delivery.deliver(&shared.profiles);
-        }
-        // Slots of removed cgroups are given back only once a save covers their last counts;
-        // under churn that means a save about every second.
-        let release_due =
-            collector.has_pending_releases() && last_save.elapsed() >= RELEASE_SAVE_EVERY;
-        if stopping || release_due || last_save.elapsed() >= STATE_SAVE_EVERY {
-            last_save = Instant::now();
-            let profiles: Vec<_> = shared.profiles.read().iter().cloned().collect();
-            match state.save(shared.arch, profiles, Some(collector.snapshot())) {
-                Ok(()) => {
-                    let released = collector.release_pending();
-                    // What was released is folded also when a later release failed.
-                    shared
-                        .profiles
-                        .update(|store| collector.fold_into(store, SystemTime::now()));
-                    if let Err(err) = released {
-                        warn!(error = %Report(&err), "giving slots back failed");
-                    }
-                }
-                Err(err) => warn!(error = %Report(&err), "saving profiles failed"),
-            }
-        }
-        if stopping {
-            return Ok(());
-        }
-        // After a long stall, do not try to catch up with a burst of rounds.
-        if next < Instant::now() {
-            next = Instant::now();
-        }
-    }
 }

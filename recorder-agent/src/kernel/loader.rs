@@ -29,7 +29,7 @@ use super::{
     pin_err, pin_io,
     pins::{PinLock, prepare_pin_set},
     preflight::{check_privileges, counter_blocks, cpu_stride, load_hint, raise_memlock_limit},
-    stats::{KernelStats, ProgramStats},
+    stats::{AttachedPrograms, KernelStats},
 };
 
 /// How the kernel side relates to the previous agent run.
@@ -371,23 +371,10 @@ impl Recorder {
         self.bump_generation()
     }
 
-    /// Run count and run time of each attached program (see [`ProgramStats`]).
-    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, BpfError> {
-        let loaded: std::collections::HashMap<u32, (u64, std::time::Duration)> = loaded_programs()
-            .flatten()
-            .map(|info| (info.id(), (info.run_count(), info.run_time())))
-            .collect();
-        Ok(self
-            .attached
-            .iter()
-            .filter_map(|(name, id)| {
-                loaded.get(id).map(|(run_count, run_time)| ProgramStats {
-                    program: name,
-                    run_count: *run_count,
-                    run_time: *run_time,
-                })
-            })
-            .collect())
+    /// The attached programs, whose run statistics can be read at any time (see
+    /// [`AttachedPrograms::stats`]).
+    pub fn attached_programs(&self) -> AttachedPrograms {
+        AttachedPrograms(self.attached.clone())
     }
 
     /// How many slots the kernel has handed out since loading: when it has not changed, neither

@@ -24,7 +24,7 @@ pub use loader::{Continuity, LoadOptions, Recorder, Totals};
 pub use pins::{is_bpffs, pin_root, unpin_all};
 pub use preflight::{check_privileges, kernel_has_btf};
 pub use probe::EmptyProbe;
-pub use stats::{KernelStats, ProgramStats, bpf_stats_enabled};
+pub use stats::{AttachedPrograms, KernelStats, ProgramStats, bpf_stats_enabled};
 
 /// Errors of kernel access, each naming what is missing or what failed.
 #[derive(Debug, thiserror::Error)]

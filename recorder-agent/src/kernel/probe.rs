@@ -1,13 +1,13 @@
 //! The benchmark's floor: the empty `sys_enter` program alone.
 
-use aya::{Ebpf, EbpfLoader, programs::loaded_programs};
+use aya::{Ebpf, EbpfLoader};
 use recorder_ebpf::PROG_SYS_ENTER_EMPTY;
 
 use super::{
     BpfError,
     object::{PROGRAM, load_raw_tracepoint, program_err},
     preflight::{check_privileges, load_hint},
-    stats::ProgramStats,
+    stats::{AttachedPrograms, ProgramStats},
 };
 
 /// The benchmark floor: only the empty `sys_enter` program, attached until dropped.
@@ -51,13 +51,8 @@ impl EmptyProbe {
 
     /// Run count and run time of the empty program (see [`ProgramStats`]).
     pub fn program_stats(&self) -> Option<ProgramStats> {
-        loaded_programs()
-            .flatten()
-            .find(|info| info.id() == self.program_id)
-            .map(|info| ProgramStats {
-                program: PROG_SYS_ENTER_EMPTY,
-                run_count: info.run_count(),
-                run_time: info.run_time(),
-            })
+        AttachedPrograms(vec![(PROG_SYS_ENTER_EMPTY, self.program_id)])
+            .stats()
+            .pop()
     }
 }

@@ -1,7 +1,9 @@
 //! Kernel-side statistics: the program's own counters and the kernel's run statistics of the
 //! attached programs.
 
-use std::fs;
+use std::{collections::HashMap, fs};
+
+use aya::programs::loaded_programs;
 
 /// Kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,4 +35,29 @@ pub struct ProgramStats {
 /// Whether the kernel accumulates program run statistics (`kernel.bpf_stats_enabled`).
 pub fn bpf_stats_enabled() -> bool {
     fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|text| text.trim() == "1")
+}
+
+/// The attached programs by name and kernel id: enough to read their run statistics at any
+/// time and from any thread (a scrape), without the recorder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachedPrograms(pub(super) Vec<(&'static str, u32)>);
+
+impl AttachedPrograms {
+    /// Run count and run time of each program still loaded (see [`ProgramStats`]).
+    pub fn stats(&self) -> Vec<ProgramStats> {
+        let loaded: HashMap<u32, (u64, std::time::Duration)> = loaded_programs()
+            .flatten()
+            .map(|info| (info.id(), (info.run_count(), info.run_time())))
+            .collect();
+        self.0
+            .iter()
+            .filter_map(|&(program, id)| {
+                loaded.get(&id).map(|&(run_count, run_time)| ProgramStats {
+                    program,
+                    run_count,
+                    run_time,
+                })
+            })
+            .collect()
+    }
 }

@@ -15,6 +15,7 @@ mod workloads;
 
 use std::{
     fmt::Write as _,
+    sync::OnceLock,
     time::{Duration, SystemTime},
 };
 
@@ -22,17 +23,20 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder, core::Collector as _, process_collector::ProcessCollector,
 };
-use tracing::warn;
 
 use crate::{
     collection::RoundStats,
-    kernel::{self, BpfError, Recorder},
+    kernel::{self, AttachedPrograms, BpfError, KernelStats},
     profile::{ProfileStore, syscalls::Arch},
-    report::Report,
 };
 pub use names::*;
 pub use workloads::{FOLDED_WORKLOAD, UNATTRIBUTED_WORKLOAD, has_id_token, metric_identity};
 use workloads::{family_header, render_workloads};
+
+/// Adds to a counter what an absolute kernel count grew by since it was last seen.
+fn advance(counter: &IntCounter, now: u64) {
+    counter.inc_by(now.saturating_sub(counter.get()));
+}
 
 /// Default of `--max-series`: about 150 workloads of 60 syscalls each, a heavy but sane
 /// target for one Prometheus scrape.
@@ -98,6 +102,7 @@ pub struct Metrics {
     bpf_stats_enabled: IntGauge,
     program_runs: IntCounterVec,
     program_run_nanoseconds: IntCounterVec,
+    programs: OnceLock<AttachedPrograms>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -241,6 +246,7 @@ impl Metrics {
             })?,
             registry,
             options,
+            programs: OnceLock::new(),
         };
         metrics
             .registry
@@ -252,12 +258,12 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Records one collection round: its outcome and duration, and the kernel-side counters
-    /// and program statistics read from the recorder.
+    /// Records one collection round: its outcome and duration, and the kernel program's own
+    /// counters as the round read them (`None` when reading them failed).
     pub fn record_round(
         &self,
-        recorder: &Recorder,
         result: &Result<RoundStats, BpfError>,
+        kernel: Option<&KernelStats>,
         took: Duration,
     ) {
         self.collection_duration.observe(took.as_secs_f64());
@@ -274,38 +280,36 @@ impl Metrics {
             }
             Err(_) => self.collection_errors.inc(),
         }
-        // Kernel counters are absolute: add what they grew by since the last round.
-        let advance = |counter: &IntCounter, now: u64| {
-            counter.inc_by(now.saturating_sub(counter.get()));
-        };
-        match recorder.stats() {
-            Ok(kernel) => {
-                advance(&self.slot_exhausted, kernel.slot_exhausted);
-                advance(&self.map_errors, kernel.map_errors);
-            }
-            Err(err) => warn!(error = %Report(&err), "reading kernel statistics failed"),
+        if let Some(kernel) = kernel {
+            advance(&self.slot_exhausted, kernel.slot_exhausted);
+            advance(&self.map_errors, kernel.map_errors);
         }
+    }
+
+    /// The programs whose run statistics `/metrics` shows (set once they are attached).
+    pub fn watch_programs(&self, programs: AttachedPrograms) {
+        let _ = self.programs.set(programs);
+    }
+
+    /// Reads the programs' run statistics from the kernel, at scrape time: nothing is kept
+    /// up to date between scrapes, and nothing is asked while the kernel does not count.
+    fn refresh_program_stats(&self) {
         let enabled = kernel::bpf_stats_enabled();
         self.bpf_stats_enabled.set(i64::from(enabled));
-        // Frozen while disabled: no need to ask the kernel.
-        if enabled {
-            match recorder.program_stats() {
-                Ok(programs) => {
-                    for program in programs {
-                        advance(
-                            &self.program_runs.with_label_values(&[program.program]),
-                            program.run_count,
-                        );
-                        advance(
-                            &self
-                                .program_run_nanoseconds
-                                .with_label_values(&[program.program]),
-                            u64::try_from(program.run_time.as_nanos()).unwrap_or(u64::MAX),
-                        );
-                    }
-                }
-                Err(err) => warn!(error = %Report(&err), "reading BPF program statistics failed"),
-            }
+        let Some(programs) = self.programs.get().filter(|_| enabled) else {
+            return;
+        };
+        for program in programs.stats() {
+            advance(
+                &self.program_runs.with_label_values(&[program.program]),
+                program.run_count,
+            );
+            advance(
+                &self
+                    .program_run_nanoseconds
+                    .with_label_values(&[program.program]),
+                u64::try_from(program.run_time.as_nanos()).unwrap_or(u64::MAX),
+            );
         }
     }
 
@@ -316,6 +320,7 @@ impl Metrics {
         now: SystemTime,
         stable_after: Duration,
     ) -> Result<String, MetricsError> {
+        self.refresh_program_stats();
         let mut out = String::with_capacity(64 * 1024);
         TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)?;
         self.render_run_seconds(&mut out);

@@ -1,0 +1,189 @@
+//! The collection thread: one round per interval (read the kernel counters, fold them into
+//! the store in one write, rename and freeze baselines), then what follows from it — status and
+//! metrics for the HTTP side, delivery to the seccomp dir, and state saves that let the slots
+//! of removed cgroups go.
+
+use std::{
+    sync::{Arc, mpsc},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tracing::{info, warn};
+
+use super::cgroup_events::Learned;
+use crate::{
+    attribution::kubernetes::Attribution,
+    collection::{Collector, RoundStats},
+    export::delivery::Delivery,
+    kernel::KernelStats,
+    profile::{Identity, state::StateDir},
+    report::Report,
+    serve::{Shared, state::Condition},
+};
+
+/// How often learned profiles are flushed to the state dir (and on shutdown).
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(30);
+/// How often at most the state is saved to let slots of removed cgroups go.
+const RELEASE_SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything the collection thread owns; the HTTP side sees only [`Shared`].
+#[derive(Debug)]
+pub struct CollectionLoop {
+    /// Rounds over the kernel counters.
+    pub collector: Collector,
+    /// What the HTTP side reads.
+    pub shared: Arc<Shared>,
+    /// Where profiles are saved.
+    pub state: StateDir,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Delivery to the kubelet seccomp dir, if asked for.
+    pub delivery: Option<Delivery>,
+    /// Kubernetes attribution, if on.
+    pub attribution: Option<Arc<Attribution>>,
+    /// Cgroup paths learned from creation events.
+    pub learned: Learned,
+}
+
+impl CollectionLoop {
+    /// Runs rounds until `stop` says so (or its sender is gone); the last round reads every
+    /// slot and the state is saved.
+    pub fn run(mut self, stop: &mpsc::Receiver<()>) {
+        let mut next = Instant::now();
+        let mut last_save = Instant::now();
+        loop {
+            let stopping = match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+            };
+            next += self.interval;
+            if stopping {
+                // The last round reads every slot: without pinned maps the counters go with us.
+                self.collector.sweep_next_round();
+            }
+            self.round();
+            if let Some(delivery) = &mut self.delivery {
+                delivery.deliver(&self.shared.profiles);
+            }
+            // Slots of removed cgroups are given back only once a save covers their last
+            // counts; under churn that means a save about every second.
+            let release_due =
+                self.collector.has_pending_releases() && last_save.elapsed() >= RELEASE_SAVE_EVERY;
+            if stopping || release_due || last_save.elapsed() >= STATE_SAVE_EVERY {
+                last_save = Instant::now();
+                self.save_and_release();
+            }
+            if stopping {
+                return;
+            }
+            // After a long stall, do not try to catch up with a burst of rounds.
+            if next < Instant::now() {
+                next = Instant::now();
+            }
+        }
+    }
+
+    /// One round, folded into the store, recorded in the metrics and the status.
+    fn round(&mut self) {
+        let started = Instant::now();
+        for (id, path) in self.learned.take() {
+            self.collector.resolver().insert(id, path);
+        }
+        let round = match &self.attribution {
+            Some(attribution) => self
+                .collector
+                .collect(&|id: u64, path: Option<&str>| attribution.identify(id, path)),
+            None => self
+                .collector
+                .collect(&|_: u64, path: Option<&str>| Identity::standalone(path)),
+        };
+        // The round's one write to the store: what it read (also if it failed part-way), the
+        // renames it made possible, and the baselines that became due.
+        let took = self.shared.profiles.update(|store| {
+            let now = SystemTime::now();
+            self.collector.fold_into(store, now);
+            if let Some(attribution) = &self.attribution {
+                attribution.apply_renames(store);
+            }
+            // The duration metric covers reading, resolving and folding, not the bookkeeping.
+            let took = started.elapsed();
+            // Drift is measured against the profile as it stood when it became stable.
+            store.freeze_stable_baselines(now, self.shared.stable_after);
+            took
+        });
+        let kernel = match self.collector.counters().stats() {
+            Ok(kernel) => Some(kernel),
+            Err(err) => {
+                warn!(error = %Report(&err), "reading kernel statistics failed");
+                None
+            }
+        };
+        self.shared
+            .metrics
+            .record_round(&round, kernel.as_ref(), took);
+        match round {
+            Ok(stats) => self.publish(&stats, kernel.unwrap_or_default(), started),
+            Err(err) => warn!(error = %Report(&err), "collection failed"),
+        }
+    }
+
+    /// Logs a round and shows it in `/api/v1/status`; the first one makes the agent ready.
+    fn publish(&self, stats: &RoundStats, kernel: KernelStats, started: Instant) {
+        let counters = self.collector.counters();
+        tracing::debug!(
+            cgroups = stats.cgroups,
+            unresolved = stats.unresolved,
+            released = stats.released,
+            took_us = started.elapsed().as_micros() as u64,
+            "collected"
+        );
+        if stats.lost_calls > 0 {
+            warn!(
+                lost_calls = stats.lost_calls,
+                capacity = counters.capacity(),
+                "cgroup capacity exhausted: calls of cgroups without a slot were not attributed (raise --max-cgroups)"
+            );
+        }
+        {
+            let mut status = self
+                .shared
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            status.capacity = counters.capacity();
+            status.cgroups = stats.cgroups;
+            status.unresolved_cgroups = stats.unresolved;
+            status.lost_calls = self.collector.lost_total();
+            status.slot_exhausted = kernel.slot_exhausted;
+            status.kernel_map_errors = kernel.map_errors;
+            status.pinned_counters_reused = counters.continuity().reused_maps;
+            status.last_collection_us = started.elapsed().as_micros() as u64;
+            status.collections += 1;
+        }
+        if self.shared.readiness.met(Condition::FirstCollection) {
+            info!(cgroups = stats.cgroups, "first collection done; ready");
+        }
+    }
+
+    /// Saves the profiles with how far they include the kernel counters; once saved, the
+    /// slots of removed cgroups can go (their last counts folded too).
+    fn save_and_release(&mut self) {
+        let profiles: Vec<_> = self.shared.profiles.read().iter().cloned().collect();
+        match self
+            .state
+            .save(self.shared.arch, profiles, Some(self.collector.snapshot()))
+        {
+            Ok(()) => {
+                let released = self.collector.release_pending();
+                // What was released is folded also when a later release failed.
+                self.shared
+                    .profiles
+                    .update(|store| self.collector.fold_into(store, SystemTime::now()));
+                if let Err(err) = released {
+                    warn!(error = %Report(&err), "giving slots back failed");
+                }
+            }
+            Err(err) => warn!(error = %Report(&err), "saving profiles failed"),
+        }
+    }
+}
