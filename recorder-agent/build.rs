@@ -1,5 +1,5 @@
 //! Builds the kernel program with aya-build and leaves it in `OUT_DIR/recorder-ebpf`, where
-//! `bpf.rs` embeds it. `RECORDER_SKIP_EBPF=1` writes an empty stub instead, so `cargo check`,
+//! `kernel/object.rs` embeds it. `RECORDER_SKIP_EBPF=1` writes an empty stub instead, so `cargo check`,
 //! clippy and unit tests work on machines without nightly rust-src and bpf-linker; an agent
 //! built that way refuses to load with a clear error.
 use std::{env, fs, path::PathBuf};

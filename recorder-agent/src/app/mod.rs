@@ -1,6 +1,6 @@
 //! The composition root: the commands that load the kernel side and wire the pipeline
 //! together — [`run`] (the node agent), [`record`] (one command in a fresh cgroup) and
-//! [`bench`] (the benchmark's agent side).
+//! [`bench`](mod@bench) (the benchmark's agent side).
 
 pub mod bench;
 mod cgroup_events;
