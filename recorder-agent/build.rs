@@ -7,6 +7,12 @@ use std::{env, fs, path::PathBuf};
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
+/// The nightly that builds the kernel program, pinned in the repository's `nightly-toolchain`
+/// file (shared with xtask and the Dockerfile). aya-build's default runs `rustup run nightly`,
+/// which ignores rust-toolchain.toml and floats: its LLVM must be the major bpf-linker is built
+/// against (LLVM 22), or linking fails.
+const EBPF_TOOLCHAIN: &str = include_str!("../nightly-toolchain").trim_ascii();
+
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=RECORDER_SKIP_EBPF");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
@@ -28,10 +34,12 @@ fn main() -> anyhow::Result<()> {
             root_dir,
             ..Default::default()
         }],
-        Toolchain::default(),
+        Toolchain::Custom(EBPF_TOOLCHAIN),
     )
-    .context(
-        "building the eBPF program failed; run `cargo xtask setup` (nightly rust-src, bpf-linker) \
-         or set RECORDER_SKIP_EBPF=1 for a build without it",
-    )
+    .with_context(|| {
+        format!(
+            "building the eBPF program failed; run `cargo xtask setup` ({EBPF_TOOLCHAIN} with \
+             rust-src, bpf-linker) or set RECORDER_SKIP_EBPF=1 for a build without it"
+        )
+    })
 }

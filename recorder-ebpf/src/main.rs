@@ -195,7 +195,7 @@ fn find_slot() -> Result<u32, Stat> {
     }
     // Another CPU registered this cgroup first: give the slot back and use the winner's.
     count_stat(STAT_SLOT_RACE);
-    if FREE_SLOTS.push(slot, 0).is_err() {
+    if FREE_SLOTS.push(&slot, 0).is_err() {
         count_stat(STAT_MAP_ERROR);
     }
     // SAFETY: the value is copied out at once.

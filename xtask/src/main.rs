@@ -1,8 +1,9 @@
 //! Project tasks: `cargo xtask setup | build | run | test`.
 //!
-//! `setup` installs what a fresh Debian machine lacks (apt packages, the nightly `rust-src`
-//! component, bpf-linker built against LLVM 22), idempotently and printing every step; where it
-//! cannot install (not root, no apt) it prints the exact commands instead.
+//! `setup` installs what a fresh Debian machine lacks (apt packages, the pinned toolchains: the
+//! host one of rust-toolchain.toml with clippy and rustfmt, the nightly of `nightly-toolchain`
+//! with `rust-src`, bpf-linker built against LLVM 22), idempotently and printing every step;
+//! where it cannot install (not root, no apt) it prints the exact commands instead.
 
 mod bench;
 mod setup;
@@ -20,8 +21,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  setup [--build-only] install prerequisites (apt packages, nightly rust-src, bpf-linker,
-                   kubernetes-validate); --build-only: just what building needs
+  setup [--build-only] install prerequisites (apt packages, the pinned toolchains, bpf-linker,
+                   kubernetes-validate, cargo-fuzz); --build-only: just what building needs
   build [--release] build the agent (with its eBPF program)
   dist             build the release binary into target/dist/
   run [ARGS...]    setup, build (release) and run the agent on this host in standalone mode;
@@ -145,15 +146,16 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-/// Runs each target for `seconds` with libFuzzer (nightly, AddressSanitizer). The corpus grows
-/// in recorder-agent/fuzz/corpus (not committed); the committed seeds are read too.
+/// Runs each target for `seconds` with libFuzzer (the pinned nightly, AddressSanitizer). The
+/// corpus grows in recorder-agent/fuzz/corpus (not committed); the committed seeds are read too.
 fn fuzz(targets: &[&str], seconds: u64) -> anyhow::Result<()> {
     let crate_dir = workspace_root().join("recorder-agent");
+    let nightly = format!("+{}", setup::NIGHTLY);
     run_cmd(
         Command::new("cargo")
             .current_dir(&crate_dir)
             // All targets in one build (cargo fuzz builds one or all).
-            .args(["+nightly", "fuzz", "build"])
+            .args([nightly.as_str(), "fuzz", "build"])
             .env("RECORDER_SKIP_EBPF", "1"),
     )?;
     for target in targets {
@@ -164,7 +166,7 @@ fn fuzz(targets: &[&str], seconds: u64) -> anyhow::Result<()> {
         run_cmd(
             Command::new("cargo")
                 .current_dir(&crate_dir)
-                .args(["+nightly", "fuzz", "run", target])
+                .args([nightly.as_str(), "fuzz", "run", target])
                 .arg(&corpus)
                 .arg(&seeds)
                 .arg("--")

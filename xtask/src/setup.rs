@@ -1,8 +1,9 @@
 //! `cargo xtask setup`: prerequisites of building and testing, installed when missing.
 //!
-//! Versions are the verified ones (see README "Toolchain"): bpf-linker 0.13.0 built against
-//! Debian's LLVM 22 (the LLVM major of rustc's nightly), the `nightly` toolchain with
-//! `rust-src` for `-Z build-std=core`.
+//! Versions are the verified ones (see README "Toolchain notes"): the host toolchain of
+//! rust-toolchain.toml with its components, the nightly pinned in `nightly-toolchain` with
+//! `rust-src` for `-Z build-std=core`, and bpf-linker 0.13.0 built against Debian's LLVM 22 (the
+//! LLVM major of that nightly).
 
 use std::{
     path::Path,
@@ -31,6 +32,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 /// PyPI packages the tests use: (package, command it provides).
 const PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The nightly that builds the kernel program (recorder-agent/build.rs reads the same file) and
+/// the fuzz targets.
+pub const NIGHTLY: &str = include_str!("../../nightly-toolchain").trim_ascii();
+/// The host toolchain file; rustup installs a missing toolchain from it, but not the missing
+/// components of one that is installed.
+const HOST_TOOLCHAIN_FILE: &str = include_str!("../../rust-toolchain.toml");
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 fn quiet(command: &mut Command) -> Option<String> {
@@ -65,6 +72,8 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     if scope == Scope::All {
+        // clippy and rustfmt: the lints of `cargo xtask test`.
+        host_toolchain()?;
         pip()?;
         cargo_fuzz()?;
     }
@@ -175,42 +184,110 @@ fn apt(scope: Scope) -> anyhow::Result<()> {
     )
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
-    let has_nightly = quiet(Command::new("rustup").args(["toolchain", "list"]))
-        .is_some_and(|list| list.lines().any(|line| line.starts_with("nightly")));
-    if !has_nightly {
-        eprintln!("setup: installing the nightly toolchain (eBPF builds use -Z build-std)");
-        run_cmd(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))
-        .context(
-            "installing nightly; run: rustup toolchain install nightly --component rust-src",
-        )?;
-        return Ok(());
-    }
+/// Whether rustup has `toolchain` (a channel or version, without the host triple).
+fn has_toolchain(toolchain: &str) -> bool {
+    quiet(Command::new("rustup").args(["toolchain", "list"])).is_some_and(|list| {
+        list.lines().any(|line| {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            name == toolchain || name.starts_with(&format!("{toolchain}-"))
+        })
+    })
+}
+
+/// The components of `wanted` that `toolchain` lacks.
+fn missing_components<'a>(toolchain: &str, wanted: &[&'a str]) -> Vec<&'a str> {
     let installed = quiet(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        "nightly",
+        toolchain,
     ]))
     .unwrap_or_default();
-    if installed
-        .lines()
-        .any(|line| line.trim().starts_with("rust-src"))
-    {
-        eprintln!("setup: nightly rust-src present");
+    wanted
+        .iter()
+        .filter(|component| {
+            !installed.lines().any(|line| {
+                let line = line.trim();
+                line == **component || line.starts_with(&format!("{component}-"))
+            })
+        })
+        .copied()
+        .collect()
+}
+
+/// Installs `toolchain` with `components`, or adds the components it lacks.
+fn toolchain(toolchain: &str, components: &[&str], why: &str) -> anyhow::Result<()> {
+    if !has_toolchain(toolchain) {
+        eprintln!("setup: installing the {toolchain} toolchain ({why})");
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
+        for component in components {
+            install.args(["--component", component]);
+        }
+        return run_cmd(&mut install).with_context(|| {
+            format!(
+                "installing {toolchain}; run: rustup toolchain install {toolchain} --profile minimal --component {}",
+                components.join(" --component ")
+            )
+        });
+    }
+    let missing = missing_components(toolchain, components);
+    if missing.is_empty() {
+        eprintln!("setup: {toolchain} with {} present", components.join(", "));
         return Ok(());
     }
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("adding rust-src; run: rustup component add rust-src --toolchain nightly")
+    eprintln!(
+        "setup: adding {} to {toolchain} ({why})",
+        missing.join(", ")
+    );
+    run_cmd(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", toolchain])
+            .args(&missing),
+    )
+    .with_context(|| {
+        format!(
+            "adding components; run: rustup component add --toolchain {toolchain} {}",
+            missing.join(" ")
+        )
+    })
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    toolchain(
+        NIGHTLY,
+        &["rust-src"],
+        "eBPF builds use -Z build-std; its LLVM matches bpf-linker's",
+    )
+}
+
+/// The `channel` and `components` of rust-toolchain.toml (a file of this repository, so a
+/// line-based reading is enough).
+fn host_toolchain_pin() -> anyhow::Result<(&'static str, Vec<&'static str>)> {
+    let value = |key: &str| {
+        HOST_TOOLCHAIN_FILE.lines().find_map(|line| {
+            let (name, value) = line.split_once('=')?;
+            (name.trim() == key).then(|| value.trim())
+        })
+    };
+    let quoted = |value: &'static str| value.split('"').skip(1).step_by(2);
+    let channel = value("channel")
+        .and_then(|value| quoted(value).next())
+        .context("rust-toolchain.toml has no channel")?;
+    let components = value("components")
+        .map(|v| quoted(v).collect())
+        .unwrap_or_default();
+    Ok((channel, components))
+}
+
+fn host_toolchain() -> anyhow::Result<()> {
+    let (channel, components) = host_toolchain_pin()?;
+    toolchain(
+        channel,
+        &components,
+        "the workspace toolchain and its lints",
+    )
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

@@ -154,7 +154,7 @@ impl Recorder {
         let reused_maps = pin.as_ref().is_some_and(|pin| pin.reuse);
         if !reused_maps {
             for slot in FIRST_CGROUP_SLOT..=capacity {
-                free.push(slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
+                free.push(&slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
             }
         }
         let mut recorder_maps = (counts, slots, free, generation, config, stats);
@@ -164,7 +164,7 @@ impl Recorder {
             config
                 .set(
                     0,
-                    Config {
+                    &Config {
                         skip_tgid: options.skip_tgid,
                         cpus,
                     },
@@ -173,7 +173,7 @@ impl Recorder {
                 .map_err(map_err(MAP_CONFIG))?;
             let current = generation.get(&0, 0).map_err(map_err(MAP_GENERATION))?;
             generation
-                .set(0, current.wrapping_add(1 << 32), 0)
+                .set(0, &current.wrapping_add(1 << 32), 0)
                 .map_err(map_err(MAP_GENERATION))?;
         }
 
@@ -324,7 +324,7 @@ impl Recorder {
         }
         let slot = self.free.pop(0).map_err(map_err(MAP_FREE_SLOTS))?;
         self.slots
-            .insert(cgroup, slot, 0)
+            .insert(&cgroup, &slot, 0)
             .map_err(map_err(MAP_CGROUP_SLOTS))?;
         Ok(slot)
     }
@@ -339,7 +339,7 @@ impl Recorder {
         self.bump_generation()?;
         let totals = self.read_slot(slot)?;
         self.counts.zero_slot(slot)?;
-        self.free.push(slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
+        self.free.push(&slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
         Ok(totals)
     }
 
@@ -352,7 +352,7 @@ impl Recorder {
             .get(&0, 0)
             .map_err(map_err(MAP_GENERATION))?;
         self.generation
-            .set(0, current.wrapping_add(1 << 32), 0)
+            .set(0, &current.wrapping_add(1 << 32), 0)
             .map_err(map_err(MAP_GENERATION))
     }
 
@@ -361,7 +361,7 @@ impl Recorder {
         self.config
             .set(
                 0,
-                Config {
+                &Config {
                     skip_tgid: tgid,
                     cpus: self.counts.cpus,
                 },
