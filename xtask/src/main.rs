@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | cluster`.
 //!
 //! `setup` installs what a fresh Debian machine lacks (apt packages, the nightly `rust-src`
 //! component, bpf-linker built against LLVM 22), idempotently and printing every step; where it
 //! cannot install (not root, no apt) it prints the exact commands instead.
 
 mod bench;
+mod cluster;
 mod setup;
 
 use std::{
@@ -28,6 +29,9 @@ tasks:
                    extra ARGS go to `recorder-agent run`
   test             setup, lint, and run every test (unit, eBPF, runc end-to-end, a short fuzz pass)
   bench            (root) kernel cost vs an empty program and bpftrace, collection cost, footprint
+  cluster up|down|status
+                   (root) a real single-node Kubernetes cluster on this machine, built from
+                   upstream sources; admin kubeconfig in target/cluster/kubeconfig
   fuzz [--seconds N] [TARGET...]
                    run the cargo-fuzz targets (default: all, 600 s each)
 ";
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             build(rest.iter().any(|a| a == "--release")).map(|_| ())
         }
         "run" => run(&rest),
+        "cluster" => cluster::run(&rest),
         "test" => test(),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
