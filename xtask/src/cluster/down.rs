@@ -133,13 +133,21 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
             cleanup_log.display()
         );
     }
+    for tool in ["iptables", "ip6tables"] {
+        remove_kube_chains(tool);
+    }
     host::undo(layout)?;
 
     // 6. State: etcd's data, containerd's state, the kubelet's root (but its seccomp profiles).
     remove_kubelet_root();
-    for dir in ["/run/containerd", "/var/lib/cni"] {
+    for dir in host::CREATED_DIRS {
         if Path::new(dir).exists() && host::created_by_up(layout, dir) {
-            let _ = fs::remove_dir_all(dir);
+            // Network namespaces of others may live in /run/netns: only an empty one goes.
+            let _ = if dir == "/run/netns" {
+                fs::remove_dir(dir)
+            } else {
+                fs::remove_dir_all(dir)
+            };
         }
     }
     if layout.run.exists() {
@@ -253,6 +261,8 @@ fn cluster_mounts(layout: &Layout) -> Vec<String> {
         .map(|point| point.replace("\\040", " "))
         .filter(|point| {
             point.starts_with(&format!("{root}/"))
+                // The kubelet bind-mounts its root onto itself (to make it shared).
+                || point == KUBELET_ROOT
                 || point.starts_with(&format!("{KUBELET_ROOT}/"))
                 || point.starts_with("/run/containerd/")
                 || NETNS_DIRS
@@ -302,6 +312,55 @@ fn remove_kubelet_root() {
     let _ = fs::remove_dir(KUBELET_ROOT);
 }
 
+/// The kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT) and
+/// whatever `kube-proxy --cleanup` left: every rule that jumps to a KUBE-* chain, then the
+/// chains.
+fn remove_kube_chains(tool: &str) {
+    let Some(saved) = quiet_stdout(&mut Command::new(format!("{tool}-save"))) else {
+        return;
+    };
+    let mut table = "";
+    let mut jumps = Vec::new();
+    let mut chains = Vec::new();
+    for line in saved.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name;
+        } else if let Some(chain) = line.strip_prefix(":KUBE-") {
+            let chain = chain.split_whitespace().next().unwrap_or_default();
+            chains.push((table.to_owned(), format!("KUBE-{chain}")));
+        } else if let Some(rule) = line.strip_prefix("-A ")
+            && !rule.starts_with("KUBE-")
+            && rule.contains(" -j KUBE-")
+        {
+            jumps.push((table.to_owned(), rule.to_owned()));
+        }
+    }
+    if chains.is_empty() {
+        return;
+    }
+    // The saved rule text is shell-quoted (comments): let sh split it.
+    for (table, rule) in &jumps {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{tool} -w 5 -t {table} -D {rule}"))
+            .stderr(Stdio::null())
+            .status();
+    }
+    for op in ["-F", "-X"] {
+        for (table, chain) in &chains {
+            let _ = Command::new(tool)
+                .args(["-w", "5", "-t", table, op, chain])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    eprintln!(
+        "cluster: removed {} {tool} KUBE-* chains and {} jumps to them",
+        chains.len(),
+        jumps.len()
+    );
+}
+
 /// Fails naming whatever is left.
 fn verify(layout: &Layout) -> anyhow::Result<()> {
     let mut left = Vec::new();
@@ -331,13 +390,15 @@ fn verify(layout: &Layout) -> anyhow::Result<()> {
             ));
         }
     }
-    let rules = quiet_stdout(&mut Command::new("iptables-save")).unwrap_or_default();
-    let chains = rules
-        .lines()
-        .filter(|l| l.starts_with(":KUBE-") || l.starts_with(":SYSREC-"))
-        .count();
-    if chains > 0 {
-        left.push(format!("{chains} iptables chains (KUBE-*/SYSREC-*)"));
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let rules = quiet_stdout(&mut Command::new(tool)).unwrap_or_default();
+        let chains = rules
+            .lines()
+            .filter(|l| l.starts_with(":KUBE-") || l.starts_with(":SYSREC-"))
+            .count();
+        if chains > 0 {
+            left.push(format!("{chains} chains KUBE-*/SYSREC-* in {tool}"));
+        }
     }
     if left.is_empty() {
         eprintln!("cluster: down: no process, mount, cgroup, netns, link or iptables chain left");

@@ -38,7 +38,7 @@ fn bpffs_marker(layout: &Layout) -> std::path::PathBuf {
 }
 
 /// Directories the cluster's daemons create: removed by `down` only when `up` saw them absent.
-const CREATED_DIRS: [&str; 2] = ["/run/containerd", "/var/lib/cni"];
+pub const CREATED_DIRS: [&str; 3] = ["/run/containerd", "/var/lib/cni", "/run/netns"];
 
 fn created_marker(layout: &Layout, dir: &str) -> std::path::PathBuf {
     layout.run.join(format!("created{}", dir.replace('/', "-")))
