@@ -153,7 +153,22 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
     if layout.run.exists() {
         fs::remove_dir_all(&layout.run)?;
     }
-    verify(layout)
+    // The kernel tears a network namespace (and its veth peer) down asynchronously: give what
+    // is on its way out a few seconds before calling it left over.
+    let started = Instant::now();
+    loop {
+        let left = leftovers(layout);
+        if left.is_empty() {
+            eprintln!(
+                "cluster: down: no process, mount, cgroup, netns, link or iptables chain left"
+            );
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            bail!("cluster: down left: {}", left.join(", "));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Running tasks in containerd's CRI namespace.
@@ -361,8 +376,8 @@ fn remove_kube_chains(tool: &str) {
     );
 }
 
-/// Fails naming whatever is left.
-fn verify(layout: &Layout) -> anyhow::Result<()> {
+/// Whatever the cluster made that is still there.
+fn leftovers(layout: &Layout) -> Vec<String> {
     let mut left = Vec::new();
     for (pid, exe) in procs::processes_under(&layout.bin) {
         left.push(format!("process {pid} ({})", exe.display()));
@@ -400,9 +415,5 @@ fn verify(layout: &Layout) -> anyhow::Result<()> {
             left.push(format!("{chains} chains KUBE-*/SYSREC-* in {tool}"));
         }
     }
-    if left.is_empty() {
-        eprintln!("cluster: down: no process, mount, cgroup, netns, link or iptables chain left");
-        return Ok(());
-    }
-    bail!("cluster: down left: {}", left.join(", "))
+    left
 }

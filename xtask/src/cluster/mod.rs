@@ -263,10 +263,32 @@ fn up(layout: &Layout) -> anyhow::Result<()> {
         "cluster: node {NODE_NAME} Ready after {:.1} s",
         took.as_secs_f64()
     );
+    // A pod can be created once its namespace's ServiceAccount and CA ConfigMap exist (the
+    // controller-manager makes both a moment after it starts).
+    let took = procs::wait_for(
+        "the default ServiceAccount and kube-root-ca.crt",
+        &log("kube-controller-manager"),
+        Duration::from_secs(60),
+        || {
+            quiet_ok(layout.kubectl().args([
+                "get",
+                "serviceaccount/default",
+                "configmap/kube-root-ca.crt",
+                "--namespace=default",
+                "--request-timeout=3s",
+            ]))
+        },
+    )?;
+    if took > Duration::from_millis(200) {
+        eprintln!(
+            "cluster: namespace default ready for pods after {:.1} s",
+            took.as_secs_f64()
+        );
+    }
     if started_any {
         record(
             layout,
-            "up (daemons started to node Ready)",
+            "up (daemons started to node Ready and pods admitted)",
             start_started.elapsed(),
         );
         record(layout, "up (total, incl. build checks)", started.elapsed());
