@@ -50,9 +50,9 @@ func main() {
 
 /// Builds every component whose binaries are missing or stale.
 pub fn all(layout: &Layout) -> anyhow::Result<()> {
-    if Command::new("go").arg("version").output().is_err() {
+    if Command::new(go_binary()).arg("version").output().is_err() {
         bail!(
-            "no `go` on PATH: the cluster's components are built from the Go module proxy (Go 1.24+ needed)"
+            "no `go` on PATH or in /usr/local/go/bin: the cluster's components are built from the Go module proxy (Go 1.24+ needed)"
         );
     }
     for build in GO_BUILDS {
@@ -139,11 +139,27 @@ fn component(layout: &Layout, build: &GoBuild) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `nice -n 15 go ...` in `dir`, static, resolving modules as needed.
+/// `go` from PATH, else the official tarball's place (a CI shell may not have it on PATH).
+fn go_binary() -> String {
+    let on_path = Command::new("go")
+        .arg("version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !on_path && Path::new("/usr/local/go/bin/go").is_file() {
+        "/usr/local/go/bin/go".to_owned()
+    } else {
+        "go".to_owned()
+    }
+}
+
+/// `nice -n 15 go ...` in `dir` (the machine is shared), static, resolving modules as needed.
 fn go(dir: &Path) -> Command {
     let mut command = Command::new("nice");
     command
-        .args(["-n", "15", "go"])
+        .args(["-n", "15"])
+        .arg(go_binary())
         .current_dir(dir)
         .env("CGO_ENABLED", "0")
         .env("GOFLAGS", "-mod=mod");
