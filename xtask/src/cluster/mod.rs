@@ -285,6 +285,18 @@ fn up(layout: &Layout) -> anyhow::Result<()> {
             took.as_secs_f64()
         );
     }
+    // Daemons without a readiness check (controller-manager, scheduler, kube-proxy) still run.
+    for daemon in &daemons {
+        if procs::running(layout, daemon.name, &daemon.binary).is_none() {
+            let log = log(daemon.name);
+            bail!(
+                "{} exited; see {} (last lines: {})",
+                daemon.name,
+                log.display(),
+                procs::tail(&log, 3)
+            );
+        }
+    }
     if started_any {
         record(
             layout,
