@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | cluster`.
 //!
 //! `setup` installs what a fresh Debian machine lacks (apt packages, the pinned toolchains: the
 //! host one of rust-toolchain.toml with clippy and rustfmt, the nightly of `nightly-toolchain`
@@ -6,6 +6,7 @@
 //! where it cannot install (not root, no apt) it prints the exact commands instead.
 
 mod bench;
+mod cluster;
 mod setup;
 
 use std::{
@@ -29,6 +30,9 @@ tasks:
                    extra ARGS go to `recorder-agent run`
   test             setup, lint, and run every test (unit, eBPF, runc end-to-end, a short fuzz pass)
   bench            (root) kernel cost vs an empty program and bpftrace, collection cost, footprint
+  cluster up|down|status
+                   (root) a real single-node Kubernetes cluster on this machine, built from
+                   upstream sources; admin kubeconfig in target/cluster/kubeconfig
   fuzz [--seconds N] [TARGET...]
                    run the cargo-fuzz targets (default: all, 600 s each)
 ";
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             build(rest.iter().any(|a| a == "--release")).map(|_| ())
         }
         "run" => run(&rest),
+        "cluster" => cluster::run(&rest),
         "test" => test(),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
