@@ -38,7 +38,7 @@ pub const OUT_OF_RANGE_COLUMN: u32 = (SYSCALL_COLUMNS - 1) as u32;
 pub const OVERFLOW_SLOT: u32 = 0;
 /// First slot that belongs to a cgroup.
 pub const FIRST_CGROUP_SLOT: u32 = 1;
-/// Cache value for tasks that are not counted (the agent itself).
+/// Cache value for tasks that are not counted (the agent itself, see [`Config::skip_tgid`]).
 pub const SKIP_SLOT: u32 = u32::MAX;
 
 /// `ARRAY<SlotCounts>` with `BPF_F_MMAPABLE`, `max_entries = (capacity + 1) * cpus` (slot 0 is
@@ -80,7 +80,7 @@ pub const ALL_MAPS: [&str; 9] = [
 ];
 
 /// Bumped on any change of map layout or meaning: pinned maps of another ABI are not reused.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Maps whose `max_entries` the agent sets at load time from its capacity.
 pub const CAPACITY_MAPS: [&str; 4] = [MAP_COUNTS, MAP_ACTIVE, MAP_CGROUP_SLOTS, MAP_FREE_SLOTS];
@@ -195,10 +195,20 @@ pub const fn counter_index(slot: u32, cpu: u32, cpus: u32) -> u32 {
 }
 
 /// Agent-controlled settings.
+///
+/// The agent is not counted: it is named by its PID namespace and its thread-group id in that
+/// namespace, because its own pid (`getpid`) is a number of its namespace (1 in a pod) while
+/// the kernel's `bpf_get_current_pid_tgid` gives host pids. A cache miss compares them with
+/// `bpf_get_ns_current_pid_tgid`, which fails for a task of any other namespace (counted).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
-    /// Thread-group id whose syscalls are not counted (the agent), 0 for none.
+    /// `st_dev` of the agent's `/proc/self/ns/pid`.
+    pub skip_pidns_dev: u64,
+    /// `st_ino` of the agent's `/proc/self/ns/pid`.
+    pub skip_pidns_ino: u64,
+    /// Thread-group id, in the namespace above, whose syscalls are not counted (the agent); 0
+    /// for none.
     pub skip_tgid: u32,
     /// Possible CPUs: the stride of [`counter_index`]. The agent sets it before attaching.
     pub cpus: u32,
@@ -208,7 +218,7 @@ const _: () = assert!(core::mem::size_of::<SlotCounts>() == 8 * SYSCALL_COLUMNS)
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<CpuCache>() == 24 * CACHE_ENTRIES);
 const _: () = assert!(CACHE_ENTRIES.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 512);
 const _: () = assert!(SYSCALL_COLUMNS.is_power_of_two());
 

@@ -16,9 +16,9 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, bpf_pidns_info},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_get_current_cgroup_id, bpf_get_ns_current_pid_tgid, bpf_get_smp_processor_id,
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, raw_tracepoint},
@@ -151,8 +151,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
 fn find_counter() -> Result<u32, Stat> {
     count_stat(STAT_CACHE_MISS);
     let config = CONFIG.get(0).ok_or(Stat(STAT_MAP_ERROR))?;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if config.skip_tgid != 0 && config.skip_tgid == tgid {
+    if config.skip_tgid != 0 && is_skipped(config) {
         return Ok(SKIP_SLOT);
     }
     // SAFETY: helper without arguments; the program runs with migration disabled, so the CPU
@@ -167,6 +166,24 @@ fn find_counter() -> Result<u32, Stat> {
         unsafe { ptr::write_volatile(active, 1) };
     }
     Ok(counter_index(slot, cpu, config.cpus))
+}
+
+/// Whether the current task is the one the agent asked not to count: same PID namespace and
+/// same thread-group id in it. The helper fails (and zeroes `ns`) for a task of another
+/// namespace, which is then counted.
+#[inline(always)]
+fn is_skipped(config: &Config) -> bool {
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `ns` is a valid, writable `bpf_pidns_info` of the size passed.
+    let rc = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            config.skip_pidns_dev,
+            config.skip_pidns_ino,
+            &mut ns,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    rc == 0 && ns.tgid == config.skip_tgid
 }
 
 /// Which slot counts the current task's cgroup; takes a free one for a new cgroup.

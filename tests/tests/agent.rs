@@ -225,6 +225,122 @@ fn the_agent_does_not_count_itself() {
     );
 }
 
+/// Starts the agent as pid `ns_pid` of a new PID namespace (with its own /proc), alone in
+/// `own`: the shell that is pid 1 there sets the namespace's last pid, then forks the agent.
+const IN_PID_NAMESPACE: &str = r#"
+echo $(($1 - 1)) > /proc/sys/kernel/ns_last_pid || exit 1
+shift
+procs=$1
+shift
+(echo 0 > "$procs" && exec "$@")
+exit $?
+"#;
+
+/// In a pod the agent's pid is a number of its own PID namespace, while the kernel sees host
+/// pids. Here the agent runs in a new PID namespace with the pid a host process has there (as
+/// a pod's agent is pid 1 and the host's init is pid 1): the agent itself must stay uncounted
+/// over several rounds, and its host namesake (in another cgroup) must be counted.
+#[test]
+fn in_a_pid_namespace_the_agent_skips_itself_and_not_its_host_namesake() {
+    if !privileged() {
+        return;
+    }
+    let own = TestCgroup::new("agent-pidns").expect("cgroup");
+    let namesake_cgroup = TestCgroup::new("agent-pidns-namesake").expect("cgroup");
+    // A host process that polls 20 times a second without forking: its cgroup counts only it.
+    let mut command = std::process::Command::new("busybox");
+    command
+        .args(["sh", "-c", "while :; do read -t 0.05 x; done"])
+        .stdin(std::process::Stdio::piped());
+    namesake_cgroup.move_on_exec(&mut command);
+    let namesake = KillOnDrop(command.spawn().expect("namesake"));
+    let ns_pid = namesake.0.id().to_string();
+
+    let scripts = tempfile::tempdir().expect("tempdir");
+    let script = scripts.path().join("in-pid-namespace.sh");
+    std::fs::write(&script, IN_PID_NAMESPACE).expect("script");
+    let procs = own.dir.join("cgroup.procs");
+    let wrapper = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "busybox",
+        "sh",
+        script.to_str().expect("utf-8"),
+        &ns_pid,
+        procs.to_str().expect("utf-8"),
+    ];
+    let args = ["--kubernetes", "off", "--interval", "200ms"];
+    let agent = Agent::spawn_under(&wrapper, &args, None, tempfile::tempdir().expect("tempdir"))
+        .expect("agent")
+        .wait_ready()
+        .expect("agent ready");
+
+    // The set-up worked: the agent alone in its cgroup, with the namesake's pid in its namespace.
+    let agent_pids = std::fs::read_to_string(&procs).expect("cgroup.procs");
+    let agent_pid = agent_pids.trim();
+    assert!(!agent_pid.contains('\n'), "one process: {agent_pids}");
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).expect("status");
+    let nspid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .expect("NSpid");
+    assert_eq!(
+        nspid.split_whitespace().collect::<Vec<_>>(),
+        [agent_pid, ns_pid.as_str()],
+        "the agent's pids (host, namespace)"
+    );
+
+    let polls = |agent: &Agent, rel: &str| {
+        agent
+            .profiles()
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p["workload"] == rel)
+            .map(|p| (count_any(p, &["poll", "ppoll"]), total_calls(p)))
+    };
+    // Several rounds while the agent serves requests: the namesake's count keeps growing.
+    let first = agent
+        .wait_profile("the namesake counted", |p| {
+            p["workload"] == namesake_cgroup.rel.as_str() && count_any(p, &["poll", "ppoll"]) > 0
+        })
+        .expect("namesake counted");
+    let first = count_any(&first, &["poll", "ppoll"]);
+    let collections = |agent: &Agent| agent.status().ok().and_then(|s| s["collections"].as_u64());
+    let start = collections(&agent).expect("collections");
+    tests::poll("five more rounds", Duration::from_secs(20), || {
+        let _ = http(agent.addr, "GET", "/api/v1/profiles");
+        (collections(&agent)? >= start + 5).then_some(())
+    })
+    .expect("rounds");
+    let (later, _) = polls(&agent, &namesake_cgroup.rel).expect("namesake profile");
+    assert!(
+        later > first,
+        "the namesake is still counted: {first} then {later}"
+    );
+    let own_calls = polls(&agent, &own.rel).map_or(0, |(_, total)| total);
+    assert_eq!(own_calls, 0, "the agent counted itself\n{}", agent.log());
+}
+
+/// A child killed and reaped on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every call of a profile.
+fn total_calls(profile: &Value) -> u64 {
+    profile["syscalls"]
+        .as_object()
+        .map_or(0, |calls| calls.values().filter_map(Value::as_u64).sum())
+}
+
 #[test]
 fn http_errors_are_json() {
     if !privileged() {

@@ -20,7 +20,7 @@ use crate::{
     collection::Collector,
     config::{KubernetesMode, RunArgs, UnpinArgs},
     export::delivery::{self, Delivery},
-    kernel::{self, LoadOptions, Recorder},
+    kernel::{self, LoadOptions, Recorder, SkipTask},
     profile::{
         state::{KernelSnapshot, Loaded, StateDir},
         syscalls::Arch,
@@ -114,7 +114,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let mut recorder = Recorder::load_and_attach(LoadOptions {
         capacity: args.max_cgroups,
-        skip_tgid: std::process::id(),
+        skip: SkipTask::this_process()?,
         bpffs: (!args.no_pin).then(|| args.bpffs.clone()),
     })?;
     info!(

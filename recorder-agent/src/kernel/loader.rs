@@ -44,13 +44,56 @@ pub struct Continuity {
     pub counts_map_id: u32,
 }
 
+/// A process whose syscalls are not counted, named the way the kernel program can compare it
+/// wherever the agent runs: its PID namespace and its thread-group id in that namespace (in a
+/// pod the agent is pid 1 of its own namespace, which says nothing about host pids).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipTask {
+    /// `st_dev` of the process's `/proc/<pid>/ns/pid`.
+    pub pidns_dev: u64,
+    /// `st_ino` of the process's `/proc/<pid>/ns/pid`.
+    pub pidns_ino: u64,
+    /// Its thread-group id in that namespace; 0 skips nothing.
+    pub tgid: u32,
+}
+
+impl SkipTask {
+    /// Skips nothing.
+    pub const NONE: Self = Self {
+        pidns_dev: 0,
+        pidns_ino: 0,
+        tgid: 0,
+    };
+
+    /// The calling process (the agent): `getpid` and the namespace it is a pid of.
+    pub fn this_process() -> Result<Self, BpfError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = "/proc/self/ns/pid";
+        let meta = fs::metadata(path).map_err(BpfError::PidNamespace)?;
+        Ok(Self {
+            pidns_dev: meta.dev(),
+            pidns_ino: meta.ino(),
+            tgid: std::process::id(),
+        })
+    }
+
+    fn config(self, cpus: u32) -> Config {
+        Config {
+            skip_pidns_dev: self.pidns_dev,
+            skip_pidns_ino: self.pidns_ino,
+            skip_tgid: self.tgid,
+            cpus,
+        }
+    }
+}
+
 /// How to load the recorder.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Number of cgroups that can be counted at once.
     pub capacity: u32,
-    /// Thread group whose syscalls are not counted (the agent's own pid), or 0.
-    pub skip_tgid: u32,
+    /// The process whose syscalls are not counted (the agent, [`SkipTask::this_process`]).
+    pub skip: SkipTask,
     /// A bpf filesystem to pin maps and links in, so counting survives agent restarts.
     pub bpffs: Option<PathBuf>,
 }
@@ -162,14 +205,7 @@ impl Recorder {
             let (_, _, _, generation, config, _) = &mut recorder_maps;
             // The previous agent's pid may now belong to anything: the new one is skipped instead.
             config
-                .set(
-                    0,
-                    &Config {
-                        skip_tgid: options.skip_tgid,
-                        cpus,
-                    },
-                    0,
-                )
+                .set(0, &options.skip.config(cpus), 0)
                 .map_err(map_err(MAP_CONFIG))?;
             let current = generation.get(&0, 0).map_err(map_err(MAP_GENERATION))?;
             generation
@@ -356,17 +392,10 @@ impl Recorder {
             .map_err(map_err(MAP_GENERATION))
     }
 
-    /// Changes the thread group that is not counted.
-    pub fn set_skip_tgid(&mut self, tgid: u32) -> Result<(), BpfError> {
+    /// Changes the process that is not counted.
+    pub fn set_skip(&mut self, skip: SkipTask) -> Result<(), BpfError> {
         self.config
-            .set(
-                0,
-                &Config {
-                    skip_tgid: tgid,
-                    cpus: self.counts.cpus,
-                },
-                0,
-            )
+            .set(0, &skip.config(self.counts.cpus), 0)
             .map_err(map_err(MAP_CONFIG))?;
         self.bump_generation()
     }

@@ -20,7 +20,7 @@ use std::{
 use aya::{maps::MapError, programs::ProgramError};
 
 pub use events::CgroupEvents;
-pub use loader::{Continuity, LoadOptions, Recorder, Totals};
+pub use loader::{Continuity, LoadOptions, Recorder, SkipTask, Totals};
 pub use pins::{is_bpffs, pin_root, unpin_all};
 pub use preflight::{check_privileges, kernel_has_btf};
 pub use probe::EmptyProbe;
@@ -75,6 +75,9 @@ pub enum BpfError {
         #[source]
         source: Box<MapError>,
     },
+    /// The agent's PID namespace could not be read (it names the agent to the kernel program).
+    #[error("reading the agent's PID namespace (/proc/self/ns/pid)")]
+    PidNamespace(#[source] io::Error),
     /// The number of CPUs could not be read.
     #[error("reading the possible CPUs")]
     Cpus(#[source] io::Error),
