@@ -12,22 +12,23 @@ use aya::{
     },
 };
 use recorder_ebpf::{
-    ALL_MAPS, CAPACITY_MAPS, Config, FIRST_CGROUP_SLOT, MAP_ACTIVE, MAP_CGROUP_SLOTS, MAP_CONFIG,
-    MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION, MAP_STATS, PROG_CGROUP_ATTACH, PROG_SYS_ENTER,
-    PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
-    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS,
+    ALL_MAPS, CAPACITY_MAPS, CgroupEvent, CgroupLayout, Config, FIRST_CGROUP_SLOT, MAP_ACTIVE,
+    MAP_CGROUP_PATHS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION,
+    MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER, PROG_TASK_EXIT,
+    STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED,
+    STAT_SLOT_RACE, SYSCALL_COLUMNS, cgroup_paths_entries,
 };
 
 use crate::report::Report;
 
 use super::{
-    BpfError,
-    events::{CgroupEvents, attach_cgroup_mkdir},
+    BpfError, btf,
+    events::{CgroupEvents, event_path},
     map_err,
     mapped::MappedCounters,
     object::{PROGRAM, load_raw_tracepoint, program_err, take},
     pin_err, pin_io,
-    pins::{PinLock, prepare_pin_set},
+    pins::{PinLock, PinSet, prepare_pin_set},
     preflight::{check_privileges, counter_blocks, cpu_stride, load_hint, raise_memlock_limit},
     stats::{AttachedPrograms, KernelStats},
 };
@@ -77,12 +78,13 @@ impl SkipTask {
         })
     }
 
-    fn config(self, cpus: u32) -> Config {
+    fn config(self, cpus: u32, cgroup_layout: CgroupLayout) -> Config {
         Config {
             skip_pidns_dev: self.pidns_dev,
             skip_pidns_ino: self.pidns_ino,
             skip_tgid: self.tgid,
             cpus,
+            cgroup_layout,
         }
     }
 }
@@ -111,6 +113,9 @@ pub struct Recorder {
     generation: Array<MapData, u64>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
+    /// Paths of cgroup v2 directories the kernel saw created (also while no agent ran).
+    cgroup_paths: HashMap<MapData, u64, CgroupEvent>,
+    cgroup_layout: CgroupLayout,
     capacity: u32,
     continuity: Continuity,
     _pin_lock: Option<PinLock>,
@@ -150,6 +155,7 @@ impl Recorder {
             let entries = match map {
                 MAP_COUNTS => counter_blocks,
                 MAP_ACTIVE => capacity + 1,
+                MAP_CGROUP_PATHS => cgroup_paths_entries(capacity),
                 _ => capacity,
             };
             loader.map_max_entries(map, entries);
@@ -193,6 +199,13 @@ impl Recorder {
             Array::try_from(take(&mut ebpf, MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
         let stats =
             PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        let cgroup_paths = HashMap::try_from(take(&mut ebpf, MAP_CGROUP_PATHS)?)
+            .map_err(map_err(MAP_CGROUP_PATHS))?;
+        // Optional: without it, cgroups created and removed while no agent ran stay unnamed.
+        let cgroup_layout = btf::cgroup_layout().unwrap_or_else(|err| {
+            tracing::warn!(error = %Report(&err), "cgroup ids unknown at creation; cgroups removed while no agent runs may stay unresolved");
+            CgroupLayout::default()
+        });
 
         let reused_maps = pin.as_ref().is_some_and(|pin| pin.reuse);
         if !reused_maps {
@@ -205,7 +218,7 @@ impl Recorder {
             let (_, _, _, generation, config, _) = &mut recorder_maps;
             // The previous agent's pid may now belong to anything: the new one is skipped instead.
             config
-                .set(0, &options.skip.config(cpus), 0)
+                .set(0, &options.skip.config(cpus, cgroup_layout), 0)
                 .map_err(map_err(MAP_CONFIG))?;
             let current = generation.get(&0, 0).map_err(map_err(MAP_GENERATION))?;
             generation
@@ -221,55 +234,24 @@ impl Recorder {
             (PROG_TASK_EXIT, "sched_process_exit"),
             (PROG_SYS_ENTER, "sys_enter"),
         ] {
-            let program = load_raw_tracepoint(&mut ebpf, name)?;
-            let link_path = pin.as_ref().map(|pin| pin.dir.join(format!("link_{name}")));
-            if let Some(link_path) = &link_path
-                && reused_maps
-                && let Ok(old) = PinnedLink::from_pin(link_path)
-            {
-                let old = FdLink::from(old);
-                let new_tag = program.info().map(|info| info.tag()).ok();
-                let old_tag = old.info().ok().and_then(|link| {
-                    loaded_programs()
-                        .flatten()
-                        .find(|info| info.id() == link.program_id())
-                        .map(|info| info.tag())
-                });
-                if new_tag.is_some() && new_tag == old_tag {
-                    // The same program stays attached (the pin holds it): no syscall is missed.
-                    if let Ok(link) = old.info() {
-                        attached.push((name, link.program_id()));
-                    }
-                    continue;
-                }
-                // An upgrade: the old program goes first, so no syscall is counted twice (the
-                // few calls between detach and attach are missed instead).
-                fs::remove_file(link_path).map_err(pin_io("removing", link_path))?;
-                drop(old);
-            }
-            reused_programs = false;
-            if let Ok(info) = program.info() {
-                attached.push((name, info.id()));
-            }
-            let link_id =
-                program
-                    .attach(tracepoint)
-                    .map_err(program_err("attaching", name, load_hint()))?;
-            if let Some(link_path) = &link_path {
-                let link = program
-                    .take_link(link_id)
-                    .map_err(|source| BpfError::Program {
-                        action: "pinning",
-                        program: name,
-                        source: Box::new(source),
-                        hint: String::new(),
-                    })?;
-                let link = FdLink::from(link);
-                link.pin(link_path).map_err(|err| pin_err(link_path, err))?;
-            }
+            let (program_id, kept) =
+                attach_or_keep(&mut ebpf, name, tracepoint, pin.as_ref(), reused_maps)?;
+            reused_programs &= kept;
+            attached.extend(program_id.map(|id| (name, id)));
         }
-        // Optional: without it short-lived cgroups are learned only by the tree walk.
-        let cgroup_events = match attach_cgroup_mkdir(&mut ebpf) {
+        // Optional: without it short-lived cgroups are learned only by the tree walk. Pinned
+        // like the counter, so cgroups created while no agent runs keep their paths.
+        let cgroup_events = CgroupEvents::take(&mut ebpf).and_then(|events| {
+            attach_or_keep(
+                &mut ebpf,
+                PROG_CGROUP_MKDIR,
+                "cgroup_mkdir",
+                pin.as_ref(),
+                reused_maps,
+            )
+            .map(|_| events)
+        });
+        let cgroup_events = match cgroup_events {
             Ok(events) => Some(events),
             Err(err) => {
                 tracing::warn!(error = %Report(&err), "cgroup creation events unavailable; cgroups that live shorter than an interval may stay unresolved");
@@ -286,6 +268,8 @@ impl Recorder {
             generation,
             config,
             stats,
+            cgroup_paths,
+            cgroup_layout,
             capacity,
             continuity: Continuity {
                 reused_maps,
@@ -365,6 +349,21 @@ impl Recorder {
         Ok(slot)
     }
 
+    /// The path the kernel saw `cgroup` created with (relative to the cgroup2 root, no leading
+    /// `/`), if it was created while the `cgroup_mkdir` program was attached: the name of a
+    /// cgroup that is gone before the agent could walk to it.
+    pub fn cgroup_path(&self, cgroup: u64) -> Option<String> {
+        let event = self.cgroup_paths.get(&cgroup, 0).ok()?;
+        // SAFETY: `CgroupEvent` is plain `#[repr(C)]` data; its bytes are only read.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&event).cast::<u8>(),
+                std::mem::size_of::<CgroupEvent>(),
+            )
+        };
+        event_path(bytes).map(|path| path.trim_start_matches('/').to_owned())
+    }
+
     /// Gives the slot of a removed cgroup back: unregisters it, invalidates the caches, reads
     /// its final counters, zeroes them and returns the slot to the free queue. Returns the final
     /// totals, which the caller folds like any other read.
@@ -376,6 +375,8 @@ impl Recorder {
         let totals = self.read_slot(slot)?;
         self.counts.zero_slot(slot)?;
         self.free.push(&slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
+        // Its name is no longer needed (the LRU would drop it eventually anyway).
+        let _ = self.cgroup_paths.remove(&cgroup);
         Ok(totals)
     }
 
@@ -395,7 +396,7 @@ impl Recorder {
     /// Changes the process that is not counted.
     pub fn set_skip(&mut self, skip: SkipTask) -> Result<(), BpfError> {
         self.config
-            .set(0, &skip.config(self.counts.cpus), 0)
+            .set(0, &skip.config(self.counts.cpus, self.cgroup_layout), 0)
             .map_err(map_err(MAP_CONFIG))?;
         self.bump_generation()
     }
@@ -432,4 +433,56 @@ impl Recorder {
             slot_races: read(STAT_SLOT_RACE)?,
         })
     }
+}
+
+/// Attaches program `name` to the raw tracepoint `tracepoint`, or keeps the identical program
+/// a previous agent left attached (pinned). Returns the attached program's kernel id and
+/// whether it was kept.
+fn attach_or_keep(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+    pin: Option<&PinSet>,
+    reused_maps: bool,
+) -> Result<(Option<u32>, bool), BpfError> {
+    let program = load_raw_tracepoint(ebpf, name)?;
+    let link_path = pin.map(|pin| pin.dir.join(format!("link_{name}")));
+    if let Some(link_path) = &link_path
+        && let Ok(old) = PinnedLink::from_pin(link_path)
+    {
+        let old = FdLink::from(old);
+        let new_tag = program.info().map(|info| info.tag()).ok();
+        let old_tag = old.info().ok().and_then(|link| {
+            loaded_programs()
+                .flatten()
+                .find(|info| info.id() == link.program_id())
+                .map(|info| info.tag())
+        });
+        if reused_maps && new_tag.is_some() && new_tag == old_tag {
+            // The same program stays attached (the pin holds it): no syscall is missed.
+            return Ok((old.info().ok().map(|link| link.program_id()), true));
+        }
+        // An upgrade (or a program of maps that are gone): the old program goes first, so no
+        // syscall is counted twice (the few calls between detach and attach are missed).
+        fs::remove_file(link_path).map_err(pin_io("removing", link_path))?;
+        drop(old);
+    }
+    let program_id = program.info().ok().map(|info| info.id());
+    let link_id =
+        program
+            .attach(tracepoint)
+            .map_err(program_err("attaching", name, load_hint()))?;
+    if let Some(link_path) = &link_path {
+        let link = program
+            .take_link(link_id)
+            .map_err(|source| BpfError::Program {
+                action: "pinning",
+                program: name,
+                source: Box::new(source),
+                hint: String::new(),
+            })?;
+        let link = FdLink::from(link);
+        link.pin(link_path).map_err(|err| pin_err(link_path, err))?;
+    }
+    Ok((program_id, false))
 }

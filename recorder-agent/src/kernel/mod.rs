@@ -3,6 +3,7 @@
 //! The only module that touches aya; the ABI it shares with the kernel program is
 //! `recorder_ebpf`.
 
+mod btf;
 mod events;
 mod loader;
 mod mapped;
