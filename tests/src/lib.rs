@@ -768,6 +768,18 @@ impl BpfFs {
         Ok(Self { dir })
     }
 
+    /// A temp dir with no bpffs yet, for an agent to mount one on; unmounted on drop too.
+    pub fn not_mounted() -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    /// Whether a bpffs is mounted there (the mount point's parent is on another filesystem).
+    pub fn is_mounted(&self) -> bool {
+        mounts(&["bpf"]).iter().any(|m| m == self.dir.path())
+    }
+
     /// Its mount point.
     pub fn path(&self) -> &Path {
         self.dir.path()

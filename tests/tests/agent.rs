@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Agent, Container, TestCgroup, agent_cli, count, count_any, get_json, http, kubepods_path,
-    privileged, random_uid, runc_lock,
+    Agent, BpfFs, Container, TestCgroup, agent_cli, count, count_any, get_json, http,
+    kubepods_path, privileged, random_uid, runc_lock,
 };
 
 /// Directory creation, by whichever syscall the libc uses.
@@ -322,6 +322,103 @@ fn in_a_pid_namespace_the_agent_skips_itself_and_not_its_host_namesake() {
     );
     let own_calls = polls(&agent, &own.rel).map_or(0, |(_, total)| total);
     assert_eq!(own_calls, 0, "the agent counted itself\n{}", agent.log());
+}
+
+/// Pinning: a `--bpffs` that is not a bpf filesystem gets one when the agent may mount it;
+/// when it may not (no CAP_SYS_ADMIN, as in the DaemonSet's agent container) or pinning is
+/// off, the agent runs and stays ready but says so in its status, metrics and /readyz.
+#[test]
+fn the_agent_mounts_a_missing_bpffs_or_reports_running_unpinned() {
+    if !privileged() {
+        return;
+    }
+    let pinned_metric = |agent: &Agent| {
+        let (code, text) = http(agent.addr, "GET", "/metrics").expect("metrics");
+        assert_eq!(code, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix("syscall_recorder_counters_pinned "))
+            .map(str::to_owned)
+    };
+    let status_of = |agent: &Agent| {
+        tests::poll("a collection", Duration::from_secs(20), || {
+            agent
+                .status()
+                .ok()
+                .filter(|s| s["collections"].as_u64() > Some(0))
+        })
+        .expect("status")
+    };
+
+    // Root with every capability: mounts one, pins, and says so.
+    let dir = BpfFs::not_mounted().expect("tempdir");
+    let bpffs = ["--bpffs", dir.path().to_str().expect("utf-8")];
+    let agent = Agent::start(&bpffs).expect("agent");
+    assert!(dir.is_mounted(), "{}", agent.log());
+    assert!(
+        agent.log().contains("mounted a bpf filesystem"),
+        "{}",
+        agent.log()
+    );
+    assert!(dir.path().join("syscall-recorder").is_dir());
+    let status = status_of(&agent);
+    assert_eq!(status["pinned"], true, "{status}");
+    assert_eq!(status["unpinned_reason"], Value::Null, "{status}");
+    assert_eq!(pinned_metric(&agent).as_deref(), Some("1"));
+    let (code, ready) = get_json(agent.addr, "/readyz").expect("readyz");
+    assert_eq!(
+        (code, ready),
+        (200, serde_json::json!({ "status": "ready" }))
+    );
+    drop(agent);
+
+    // Without CAP_SYS_ADMIN: cannot mount, runs unpinned, ready, and says why.
+    let dir = BpfFs::not_mounted().expect("tempdir");
+    let bpffs = dir.path().to_str().expect("utf-8");
+    let args = [
+        "--kubernetes",
+        "off",
+        "--interval",
+        "200ms",
+        "--bpffs",
+        bpffs,
+    ];
+    let agent = Agent::spawn_under(
+        &["setpriv", "--bounding-set=-sys_admin", "--"],
+        &args,
+        None,
+        tempfile::tempdir().expect("tempdir"),
+    )
+    .expect("agent")
+    .wait_ready()
+    .expect("ready although unpinned");
+    assert!(!dir.is_mounted());
+    let status = status_of(&agent);
+    assert_eq!(status["pinned"], false, "{status}");
+    let reason = status["unpinned_reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("not a bpf filesystem") && reason.contains(bpffs),
+        "{reason}"
+    );
+    assert_eq!(pinned_metric(&agent).as_deref(), Some("0"));
+    let (code, ready) = get_json(agent.addr, "/readyz").expect("readyz");
+    assert_eq!(code, 200);
+    let warning = ready["warnings"][0].as_str().expect("a readiness warning");
+    assert!(
+        warning.contains("not pinned") && warning.contains(reason),
+        "{ready}"
+    );
+    drop(agent);
+
+    // --no-pin: the same report, naming the flag.
+    let agent = Agent::start(&[]).expect("agent");
+    let status = status_of(&agent);
+    assert_eq!(status["pinned"], false, "{status}");
+    assert!(
+        status["unpinned_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("--no-pin")),
+        "{status}"
+    );
 }
 
 /// A child killed and reaped on drop.

@@ -28,7 +28,7 @@ use super::{
     mapped::MappedCounters,
     object::{PROGRAM, load_raw_tracepoint, program_err, take},
     pin_err, pin_io,
-    pins::{PinLock, PinSet, prepare_pin_set},
+    pins::{PinLock, PinSet, Prepared, prepare_pin_set},
     preflight::{check_privileges, counter_blocks, cpu_stride, load_hint, raise_memlock_limit},
     stats::{AttachedPrograms, KernelStats},
 };
@@ -118,6 +118,8 @@ pub struct Recorder {
     cgroup_layout: CgroupLayout,
     capacity: u32,
     continuity: Continuity,
+    /// Why the maps are not pinned, if they are not.
+    unpinned: Option<String>,
     _pin_lock: Option<PinLock>,
     /// Kernel ids of the attached programs: the loaded ones, or those a previous agent left
     /// attached (their run statistics are what counts).
@@ -146,9 +148,12 @@ impl Recorder {
         let capacity = options.capacity.max(1);
         let cpus = cpu_stride()?;
         let counter_blocks = counter_blocks(capacity, cpus)?;
-        let pin = match &options.bpffs {
-            Some(bpffs) => prepare_pin_set(bpffs, capacity, counter_blocks)?,
-            None => None,
+        let (pin, unpinned) = match &options.bpffs {
+            Some(bpffs) => match prepare_pin_set(bpffs, capacity, counter_blocks)? {
+                Prepared::Pinned(pin) => (Some(pin), None),
+                Prepared::Unpinned(reason) => (None, Some(reason)),
+            },
+            None => (None, Some("pinning is off (--no-pin)".to_owned())),
         };
         let mut loader = EbpfLoader::new();
         for map in CAPACITY_MAPS {
@@ -276,6 +281,7 @@ impl Recorder {
                 reused_programs: reused_maps && reused_programs,
                 counts_map_id,
             },
+            unpinned,
             _pin_lock: pin.map(|pin| pin.lock),
             attached,
         })
@@ -284,6 +290,11 @@ impl Recorder {
     /// How this load relates to the previous agent run.
     pub fn continuity(&self) -> Continuity {
         self.continuity
+    }
+
+    /// Why the counters are not pinned (they go with this agent), or `None` when they are.
+    pub fn unpinned_reason(&self) -> Option<&str> {
+        self.unpinned.as_deref()
     }
 
     /// The stream of created cgroups' paths (once; `None` if the program could not attach).

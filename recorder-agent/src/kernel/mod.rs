@@ -22,7 +22,7 @@ use aya::{maps::MapError, programs::ProgramError};
 
 pub use events::CgroupEvents;
 pub use loader::{Continuity, LoadOptions, Recorder, SkipTask, Totals};
-pub use pins::{is_bpffs, pin_root, unpin_all};
+pub use pins::{is_bpffs, mount_bpffs, pin_root, unpin_all};
 pub use preflight::{check_privileges, kernel_has_btf};
 pub use probe::EmptyProbe;
 pub use stats::{AttachedPrograms, KernelStats, ProgramStats, bpf_stats_enabled};
@@ -110,6 +110,15 @@ pub enum BpfError {
         path: PathBuf,
         /// What went wrong (the pin set's own state, no underlying error).
         reason: String,
+    },
+    /// Mounting a bpf filesystem failed.
+    #[error("mounting a bpf filesystem at {path}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
     /// A file operation on the pins failed.
     #[error("{action} pin {path}")]
