@@ -183,14 +183,15 @@ impl<'a> Btf<'a> {
     fn member_offset(&self, name: &str, member: &str, size: u32) -> Result<u32, BtfError> {
         let missing = || BtfError::Missing(format!("struct {name} member {member}"));
         for ty in &self.index {
-            if ty.kind == KIND_STRUCT && self.name(ty.name) == name.as_bytes() {
-                if let Some(bits) = self.find_member(*ty, member, size, 0)? {
-                    return if bits % 8 == 0 {
-                        Ok(bits / 8)
-                    } else {
-                        Err(missing())
-                    };
-                }
+            if ty.kind == KIND_STRUCT
+                && self.name(ty.name) == name.as_bytes()
+                && let Some(bits) = self.find_member(*ty, member, size, 0)?
+            {
+                return if bits % 8 == 0 {
+                    Ok(bits / 8)
+                } else {
+                    Err(missing())
+                };
             }
         }
         Err(missing())
