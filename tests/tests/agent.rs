@@ -273,6 +273,9 @@ fn in_a_pid_namespace_the_agent_skips_itself_and_not_its_host_namesake() {
         procs.to_str().expect("utf-8"),
     ];
     let args = ["--kubernetes", "off", "--interval", "200ms"];
+    // Dropped after the agent, before its cgroup: waits until the agent has exited for good,
+    // so the cgroup can be removed.
+    let agent_exited = ExitedOnDrop(std::cell::Cell::new(None));
     let agent = Agent::spawn_under(&wrapper, &args, None, tempfile::tempdir().expect("tempdir"))
         .expect("agent")
         .wait_ready()
@@ -281,6 +284,7 @@ fn in_a_pid_namespace_the_agent_skips_itself_and_not_its_host_namesake() {
     // The set-up worked: the agent alone in its cgroup, with the namesake's pid in its namespace.
     let agent_pids = std::fs::read_to_string(&procs).expect("cgroup.procs");
     let agent_pid = agent_pids.trim();
+    agent_exited.0.set(agent_pid.parse().ok());
     assert!(!agent_pid.contains('\n'), "one process: {agent_pids}");
     let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).expect("status");
     let nspid = status
@@ -419,6 +423,19 @@ fn the_agent_mounts_a_missing_bpffs_or_reports_running_unpinned() {
             .is_some_and(|r| r.contains("--no-pin")),
         "{status}"
     );
+}
+
+/// Waits on drop (up to 10 s) until the process with this host pid is gone.
+struct ExitedOnDrop(std::cell::Cell<Option<u32>>);
+
+impl Drop for ExitedOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.get() {
+            let _ = tests::poll("the agent gone", Duration::from_secs(10), || {
+                (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+            });
+        }
+    }
 }
 
 /// A child killed and reaped on drop.
