@@ -46,6 +46,9 @@ pub enum Command {
     /// Remove the pinned counters and programs an agent left in the bpf filesystem
     /// (uninstall); the programs detach once no agent runs.
     Unpin(UnpinArgs),
+    /// Mount a bpf filesystem at PATH unless one is there (the DaemonSet's init container).
+    #[command(hide = true)]
+    MountBpffs(MountBpffsArgs),
     /// Benchmark helper for `cargo xtask bench`: attach a program, print one line, hold it
     /// until stdin closes, then print the kernel statistics.
     #[command(hide = true)]
@@ -92,6 +95,14 @@ pub struct UnpinArgs {
     /// The bpf filesystem the agent pinned in.
     #[arg(long, env = "RECORDER_BPFFS", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+}
+
+/// `recorder-agent mount-bpffs`.
+#[derive(Debug, Args)]
+pub struct MountBpffsArgs {
+    /// Where to mount it (created if missing).
+    #[arg(default_value = DEFAULT_BPFFS)]
+    pub path: PathBuf,
 }
 
 /// Default bpf filesystem mount.
@@ -204,7 +215,8 @@ pub struct RunArgs {
     #[arg(long, env = "RECORDER_STABLE_AFTER", default_value = "10m", value_parser = parse_interval)]
     pub stable_after: Duration,
     /// bpf filesystem where counters and programs are pinned, so counting goes on while the
-    /// agent restarts or upgrades (skipped with a warning when it is not a bpffs mount).
+    /// agent restarts or upgrades (the agent mounts one there if it may; otherwise it runs
+    /// unpinned and says so in its status, metrics and /readyz).
     #[arg(long, env = "RECORDER_BPFFS", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// Do not pin: counters and programs go away with the agent.

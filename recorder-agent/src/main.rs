@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => client::diff(args),
         Command::Merge(args) => client::merge(args),
         Command::Unpin(args) => run::unpin(&args),
+        Command::MountBpffs(args) => run::mount_bpffs(&args),
         Command::BenchProbe(args) => bench::probe(&args),
         Command::BenchCollect(args) => bench::collect(&args),
     };

@@ -38,7 +38,7 @@ pub const OUT_OF_RANGE_COLUMN: u32 = (SYSCALL_COLUMNS - 1) as u32;
 pub const OVERFLOW_SLOT: u32 = 0;
 /// First slot that belongs to a cgroup.
 pub const FIRST_CGROUP_SLOT: u32 = 1;
-/// Cache value for tasks that are not counted (the agent itself).
+/// Cache value for tasks that are not counted (the agent itself, see [`Config::skip_tgid`]).
 pub const SKIP_SLOT: u32 = u32::MAX;
 
 /// `ARRAY<SlotCounts>` with `BPF_F_MMAPABLE`, `max_entries = (capacity + 1) * cpus` (slot 0 is
@@ -67,7 +67,7 @@ pub const MAP_STATS: &str = "STATS";
 /// Every map of the object. The agent pins them all (a program left attached across an agent
 /// restart keeps writing the maps it was loaded with, so any map user space reads must be the
 /// pinned one); it refuses to pin a set that misses a map of the object.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_COUNTS,
     MAP_ACTIVE,
     MAP_CGROUP_SLOTS,
@@ -77,13 +77,28 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_CACHE,
     MAP_STATS,
     MAP_CGROUP_EVENTS,
+    MAP_CGROUP_PATHS,
+    MAP_MKDIR_SCRATCH,
 ];
 
 /// Bumped on any change of map layout or meaning: pinned maps of another ABI are not reused.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 6;
 
 /// Maps whose `max_entries` the agent sets at load time from its capacity.
-pub const CAPACITY_MAPS: [&str; 4] = [MAP_COUNTS, MAP_ACTIVE, MAP_CGROUP_SLOTS, MAP_FREE_SLOTS];
+pub const CAPACITY_MAPS: [&str; 5] = [
+    MAP_COUNTS,
+    MAP_ACTIVE,
+    MAP_CGROUP_SLOTS,
+    MAP_FREE_SLOTS,
+    MAP_CGROUP_PATHS,
+];
+
+/// `max_entries` of [`MAP_CGROUP_PATHS`] for a capacity: room for every counted cgroup and as
+/// many more that are created without making a syscall (pod and QoS parents).
+#[must_use]
+pub const fn cgroup_paths_entries(capacity: u32) -> u32 {
+    capacity.saturating_mul(2)
+}
 
 /// Program on the raw tracepoint `sys_enter`: the counter.
 pub const PROG_SYS_ENTER: &str = "sys_enter";
@@ -101,13 +116,22 @@ pub const MAP_CGROUP_EVENTS: &str = "CGROUP_EVENTS";
 /// Size of [`MAP_CGROUP_EVENTS`] in bytes (a power-of-two number of pages): room for 500
 /// events between two drains.
 pub const CGROUP_EVENTS_BYTES: u32 = 256 * 1024;
+/// `LRU_HASH<u64 cgroup2 id, CgroupEvent>`, `max_entries = `[`cgroup_paths_entries`]`(capacity)`:
+/// the path of every cgroup v2 directory created while the program was attached (also while no
+/// agent ran: its link is pinned), so an agent that starts after a counted cgroup is gone can
+/// still name it. Written only when [`Config::cgroup_layout`] is known; the agent removes the
+/// entry when it gives the cgroup's slot back, and the LRU drops the oldest when it is full.
+pub const MAP_CGROUP_PATHS: &str = "CGROUP_PATHS";
+/// `PERCPU_ARRAY<CgroupEvent>`, one entry: where the `cgroup_mkdir` program builds a path (too
+/// big for the BPF stack) before copying it to [`MAP_CGROUP_PATHS`] and the events ring.
+pub const MAP_MKDIR_SCRATCH: &str = "MKDIR_SCRATCH";
 /// Program on the raw tracepoint `cgroup_mkdir`: reports created cgroups' paths.
 pub const PROG_CGROUP_MKDIR: &str = "cgroup_mkdir";
 /// Longest cgroup path reported; longer paths are cut (and then fail to resolve, falling back
 /// to the agent's tree walk).
 pub const CGROUP_PATH_MAX: usize = 504;
 
-/// One cgroup creation: the path relative to its hierarchy's root, as the tracepoint gives it
+/// One cgroup creation (also the value of [`MAP_CGROUP_PATHS`]): the path relative to its hierarchy's root, as the tracepoint gives it
 /// (`/kubepods/...`), with the same path repeated once per hierarchy on cgroup v1/hybrid hosts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -195,20 +219,53 @@ pub const fn counter_index(slot: u32, cpu: u32, cpus: u32) -> u32 {
 }
 
 /// Agent-controlled settings.
+///
+/// The agent is not counted: it is named by its PID namespace and its thread-group id in that
+/// namespace, because its own pid (`getpid`) is a number of its namespace (1 in a pod) while
+/// the kernel's `bpf_get_current_pid_tgid` gives host pids. A cache miss compares them with
+/// `bpf_get_ns_current_pid_tgid`, which fails for a task of any other namespace (counted).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
-    /// Thread-group id whose syscalls are not counted (the agent), 0 for none.
+    /// `st_dev` of the agent's `/proc/self/ns/pid`.
+    pub skip_pidns_dev: u64,
+    /// `st_ino` of the agent's `/proc/self/ns/pid`.
+    pub skip_pidns_ino: u64,
+    /// Thread-group id, in the namespace above, whose syscalls are not counted (the agent); 0
+    /// for none.
     pub skip_tgid: u32,
     /// Possible CPUs: the stride of [`counter_index`]. The agent sets it before attaching.
     pub cpus: u32,
+    /// Where the `cgroup_mkdir` program finds a new cgroup's id and hierarchy.
+    pub cgroup_layout: CgroupLayout,
+}
+
+/// Byte offsets of the kernel struct members the `cgroup_mkdir` program reads to learn a new
+/// cgroup's id and whether it is a cgroup v2 one (`cgrp->kn->id`, `cgrp->root->hierarchy_id`,
+/// 0 for v2). They vary with the kernel build, and the program has no CO-RE: the agent reads
+/// them from the kernel's BTF before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupLayout {
+    /// 1 when the offsets are known; with 0 the program writes no [`MAP_CGROUP_PATHS`] entry.
+    pub known: u32,
+    /// `struct cgroup`, member `kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `struct cgroup`, member `root` (`struct cgroup_root *`).
+    pub cgroup_root: u32,
+    /// `struct kernfs_node`, member `id` (`u64`: the cgroup id, the directory's inode).
+    pub kernfs_node_id: u32,
+    /// `struct cgroup_root`, member `hierarchy_id` (`int`).
+    pub root_hierarchy_id: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SlotCounts>() == 8 * SYSCALL_COLUMNS);
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<CpuCache>() == 24 * CACHE_ENTRIES);
 const _: () = assert!(CACHE_ENTRIES.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 512);
 const _: () = assert!(SYSCALL_COLUMNS.is_power_of_two());
 
@@ -220,4 +277,6 @@ mod user {
     unsafe impl aya::Pod for super::CpuCache {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupEvent {}
 }

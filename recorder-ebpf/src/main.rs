@@ -16,13 +16,13 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, bpf_pidns_info},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_ns_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
     programs::RawTracePointContext,
 };
 use recorder_ebpf::{
@@ -151,8 +151,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
 fn find_counter() -> Result<u32, Stat> {
     count_stat(STAT_CACHE_MISS);
     let config = CONFIG.get(0).ok_or(Stat(STAT_MAP_ERROR))?;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if config.skip_tgid != 0 && config.skip_tgid == tgid {
+    if config.skip_tgid != 0 && is_skipped(config) {
         return Ok(SKIP_SLOT);
     }
     // SAFETY: helper without arguments; the program runs with migration disabled, so the CPU
@@ -167,6 +166,24 @@ fn find_counter() -> Result<u32, Stat> {
         unsafe { ptr::write_volatile(active, 1) };
     }
     Ok(counter_index(slot, cpu, config.cpus))
+}
+
+/// Whether the current task is the one the agent asked not to count: same PID namespace and
+/// same thread-group id in it. The helper fails (and zeroes `ns`) for a task of another
+/// namespace, which is then counted.
+#[inline(always)]
+fn is_skipped(config: &Config) -> bool {
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `ns` is a valid, writable `bpf_pidns_info` of the size passed.
+    let rc = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            config.skip_pidns_dev,
+            config.skip_pidns_ino,
+            &mut ns,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    rc == 0 && ns.tgid == config.skip_tgid
 }
 
 /// Which slot counts the current task's cgroup; takes a free one for a new cgroup.
@@ -229,33 +246,64 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 
 #[map]
 static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(CGROUP_EVENTS_BYTES, 0);
+#[map]
+static CGROUP_PATHS: LruHashMap<u64, CgroupEvent> = LruHashMap::with_max_entries(1, 0);
+#[map]
+static MKDIR_SCRATCH: PerCpuArray<CgroupEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// `cgroup_mkdir(struct cgroup *cgrp, const char *path)`: reports the new cgroup's path. Off
-/// the syscall hot path; a full ring drops the event and the agent's tree walk takes over.
+/// `cgroup_mkdir(struct cgroup *cgrp, const char *path)`: keeps a new cgroup v2's path by id
+/// (for an agent that starts after the cgroup is gone) and reports every new cgroup's path to
+/// the running agent. Off the syscall hot path; a full ring drops the event (the agent's tree
+/// walk takes over), a full path map drops its oldest entry.
 #[raw_tracepoint(tracepoint = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
+    let cgroup: *const u8 = ctx.arg(0);
     let path: *const u8 = ctx.arg(1);
-    let Some(mut entry) = CGROUP_EVENTS.reserve::<CgroupEvent>(0) else {
+    let Some(event) = MKDIR_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to a reserved ring buffer record of the right size and alignment;
-    // the kernel string is read with the probe helper, which bounds it by the slice.
-    let read = unsafe {
-        bpf_probe_read_kernel_str_bytes(path, &mut (*event).path).map(|bytes| bytes.len() as u32)
-    };
-    match read {
-        Ok(len) => {
-            // SAFETY: as above.
-            unsafe {
-                (*event).len = len;
-                (*event)._pad = 0;
-            }
-            entry.submit(0);
+    // SAFETY: `event` is this CPU's scratch value, which nothing else uses while the program
+    // runs; the kernel string is read with the probe helper, which bounds it by the slice.
+    let event = unsafe {
+        match bpf_probe_read_kernel_str_bytes(path, &mut (*event).path) {
+            Ok(bytes) => (*event).len = bytes.len() as u32,
+            Err(_) => return 0,
         }
-        Err(_) => entry.discard(0),
+        (*event)._pad = 0;
+        &*event
+    };
+    if let Some(id) = cgroup2_id(cgroup)
+        && CGROUP_PATHS.insert(&id, event, 0).is_err()
+    {
+        count_stat(STAT_MAP_ERROR);
     }
+    let _ = CGROUP_EVENTS.output(event, 0);
     0
+}
+
+/// The id of `cgroup` (`cgrp->kn->id`) if it is a cgroup v2 one (`cgrp->root->hierarchy_id`
+/// is 0: hybrid hosts create the same path in every v1 hierarchy too, with ids of their own).
+#[inline(always)]
+fn cgroup2_id(cgroup: *const u8) -> Option<u64> {
+    let layout = CONFIG.get(0)?.cgroup_layout;
+    if layout.known == 0 {
+        return None;
+    }
+    // SAFETY: probe reads of kernel memory at offsets the agent read from the kernel's BTF; a
+    // bad address fails the read instead of faulting.
+    unsafe {
+        let root: *const u8 =
+            bpf_probe_read_kernel(cgroup.wrapping_add(layout.cgroup_root as usize).cast()).ok()?;
+        let hierarchy: i32 =
+            bpf_probe_read_kernel(root.wrapping_add(layout.root_hierarchy_id as usize).cast())
+                .ok()?;
+        if hierarchy != 0 {
+            return None;
+        }
+        let kn: *const u8 =
+            bpf_probe_read_kernel(cgroup.wrapping_add(layout.cgroup_kn as usize).cast()).ok()?;
+        bpf_probe_read_kernel(kn.wrapping_add(layout.kernfs_node_id as usize).cast()).ok()
+    }
 }
 
 #[cfg(not(test))]

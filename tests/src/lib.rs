@@ -168,9 +168,28 @@ impl Agent {
         cgroup: Option<&TestCgroup>,
         state_dir: tempfile::TempDir,
     ) -> anyhow::Result<Self> {
+        Self::spawn_under(&[], args, cgroup, state_dir)
+    }
+
+    /// Like [`Agent::spawn`], run by `wrapper` (a command that ends by running the agent
+    /// command line appended to it, e.g. `unshare --pid ...`). The wrapper must take the agent
+    /// down with it when killed.
+    pub fn spawn_under(
+        wrapper: &[&str],
+        args: &[&str],
+        cgroup: Option<&TestCgroup>,
+        state_dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let log = state_dir.path().join("agent.log");
-        let mut command = Command::new(agent_bin());
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(agent_bin());
+                command
+            }
+            None => Command::new(agent_bin()),
+        };
         command.arg("run").args(args);
         // Pinned counters are shared by name: only tests that bring a bpffs of their own pin.
         if !args.contains(&"--bpffs") {
@@ -747,6 +766,18 @@ impl BpfFs {
             .status()?;
         anyhow::ensure!(status.success(), "mount -t bpf failed");
         Ok(Self { dir })
+    }
+
+    /// A temp dir with no bpffs yet, for an agent to mount one on; unmounted on drop too.
+    pub fn not_mounted() -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    /// Whether a bpffs is mounted there (the mount point's parent is on another filesystem).
+    pub fn is_mounted(&self) -> bool {
+        mounts(&["bpf"]).iter().any(|m| m == self.dir.path())
     }
 
     /// Its mount point.

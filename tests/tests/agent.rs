@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Agent, Container, TestCgroup, agent_cli, count, count_any, get_json, http, kubepods_path,
-    privileged, random_uid, runc_lock,
+    Agent, BpfFs, Container, TestCgroup, agent_cli, count, count_any, get_json, http,
+    kubepods_path, privileged, random_uid, runc_lock,
 };
 
 /// Directory creation, by whichever syscall the libc uses.
@@ -223,6 +223,236 @@ fn the_agent_does_not_count_itself() {
         "the agent's own cgroup has a profile: {}",
         Value::Array(profiles.clone())
     );
+}
+
+/// Starts the agent as pid `ns_pid` of a new PID namespace (with its own /proc), alone in
+/// `own`: the shell that is pid 1 there sets the namespace's last pid, then forks the agent.
+const IN_PID_NAMESPACE: &str = r#"
+echo $(($1 - 1)) > /proc/sys/kernel/ns_last_pid || exit 1
+shift
+procs=$1
+shift
+(echo 0 > "$procs" && exec "$@")
+exit $?
+"#;
+
+/// In a pod the agent's pid is a number of its own PID namespace, while the kernel sees host
+/// pids. Here the agent runs in a new PID namespace with the pid a host process has there (as
+/// a pod's agent is pid 1 and the host's init is pid 1): the agent itself must stay uncounted
+/// over several rounds, and its host namesake (in another cgroup) must be counted.
+#[test]
+fn in_a_pid_namespace_the_agent_skips_itself_and_not_its_host_namesake() {
+    if !privileged() {
+        return;
+    }
+    let own = TestCgroup::new("agent-pidns").expect("cgroup");
+    let namesake_cgroup = TestCgroup::new("agent-pidns-namesake").expect("cgroup");
+    // A host process that polls 20 times a second without forking: its cgroup counts only it.
+    let mut command = std::process::Command::new("busybox");
+    command
+        .args(["sh", "-c", "while :; do read -t 0.05 x; done"])
+        .stdin(std::process::Stdio::piped());
+    namesake_cgroup.move_on_exec(&mut command);
+    let namesake = KillOnDrop(command.spawn().expect("namesake"));
+    let ns_pid = namesake.0.id().to_string();
+
+    let scripts = tempfile::tempdir().expect("tempdir");
+    let script = scripts.path().join("in-pid-namespace.sh");
+    std::fs::write(&script, IN_PID_NAMESPACE).expect("script");
+    let procs = own.dir.join("cgroup.procs");
+    let wrapper = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "busybox",
+        "sh",
+        script.to_str().expect("utf-8"),
+        &ns_pid,
+        procs.to_str().expect("utf-8"),
+    ];
+    let args = ["--kubernetes", "off", "--interval", "200ms"];
+    // Dropped after the agent, before its cgroup: waits until the agent has exited for good,
+    // so the cgroup can be removed.
+    let agent_exited = ExitedOnDrop(std::cell::Cell::new(None));
+    let agent = Agent::spawn_under(&wrapper, &args, None, tempfile::tempdir().expect("tempdir"))
+        .expect("agent")
+        .wait_ready()
+        .expect("agent ready");
+
+    // The set-up worked: the agent alone in its cgroup, with the namesake's pid in its namespace.
+    let agent_pids = std::fs::read_to_string(&procs).expect("cgroup.procs");
+    let agent_pid = agent_pids.trim();
+    agent_exited.0.set(agent_pid.parse().ok());
+    assert!(!agent_pid.contains('\n'), "one process: {agent_pids}");
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).expect("status");
+    let nspid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .expect("NSpid");
+    assert_eq!(
+        nspid.split_whitespace().collect::<Vec<_>>(),
+        [agent_pid, ns_pid.as_str()],
+        "the agent's pids (host, namespace)"
+    );
+
+    let polls = |agent: &Agent, rel: &str| {
+        agent
+            .profiles()
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p["workload"] == rel)
+            .map(|p| (count_any(p, &["poll", "ppoll"]), total_calls(p)))
+    };
+    // Several rounds while the agent serves requests: the namesake's count keeps growing.
+    let first = agent
+        .wait_profile("the namesake counted", |p| {
+            p["workload"] == namesake_cgroup.rel.as_str() && count_any(p, &["poll", "ppoll"]) > 0
+        })
+        .expect("namesake counted");
+    let first = count_any(&first, &["poll", "ppoll"]);
+    let collections = |agent: &Agent| agent.status().ok().and_then(|s| s["collections"].as_u64());
+    let start = collections(&agent).expect("collections");
+    tests::poll("five more rounds", Duration::from_secs(20), || {
+        let _ = http(agent.addr, "GET", "/api/v1/profiles");
+        (collections(&agent)? >= start + 5).then_some(())
+    })
+    .expect("rounds");
+    let (later, _) = polls(&agent, &namesake_cgroup.rel).expect("namesake profile");
+    assert!(
+        later > first,
+        "the namesake is still counted: {first} then {later}"
+    );
+    let own_calls = polls(&agent, &own.rel).map_or(0, |(_, total)| total);
+    assert_eq!(own_calls, 0, "the agent counted itself\n{}", agent.log());
+}
+
+/// Pinning: a `--bpffs` that is not a bpf filesystem gets one when the agent may mount it;
+/// when it may not (no CAP_SYS_ADMIN, as in the DaemonSet's agent container) or pinning is
+/// off, the agent runs and stays ready but says so in its status, metrics and /readyz.
+#[test]
+fn the_agent_mounts_a_missing_bpffs_or_reports_running_unpinned() {
+    if !privileged() {
+        return;
+    }
+    let pinned_metric = |agent: &Agent| {
+        let (code, text) = http(agent.addr, "GET", "/metrics").expect("metrics");
+        assert_eq!(code, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix("syscall_recorder_counters_pinned "))
+            .map(str::to_owned)
+    };
+    let status_of = |agent: &Agent| {
+        tests::poll("a collection", Duration::from_secs(20), || {
+            agent
+                .status()
+                .ok()
+                .filter(|s| s["collections"].as_u64() > Some(0))
+        })
+        .expect("status")
+    };
+
+    // Root with every capability: mounts one, pins, and says so.
+    let dir = BpfFs::not_mounted().expect("tempdir");
+    let bpffs = ["--bpffs", dir.path().to_str().expect("utf-8")];
+    let agent = Agent::start(&bpffs).expect("agent");
+    assert!(dir.is_mounted(), "{}", agent.log());
+    assert!(
+        agent.log().contains("mounted a bpf filesystem"),
+        "{}",
+        agent.log()
+    );
+    assert!(dir.path().join("syscall-recorder").is_dir());
+    let status = status_of(&agent);
+    assert_eq!(status["pinned"], true, "{status}");
+    assert_eq!(status["unpinned_reason"], Value::Null, "{status}");
+    assert_eq!(pinned_metric(&agent).as_deref(), Some("1"));
+    let (code, ready) = get_json(agent.addr, "/readyz").expect("readyz");
+    assert_eq!(
+        (code, ready),
+        (200, serde_json::json!({ "status": "ready" }))
+    );
+    drop(agent);
+
+    // Without CAP_SYS_ADMIN: cannot mount, runs unpinned, ready, and says why.
+    let dir = BpfFs::not_mounted().expect("tempdir");
+    let bpffs = dir.path().to_str().expect("utf-8");
+    let args = [
+        "--kubernetes",
+        "off",
+        "--interval",
+        "200ms",
+        "--bpffs",
+        bpffs,
+    ];
+    let agent = Agent::spawn_under(
+        &["setpriv", "--bounding-set=-sys_admin", "--"],
+        &args,
+        None,
+        tempfile::tempdir().expect("tempdir"),
+    )
+    .expect("agent")
+    .wait_ready()
+    .expect("ready although unpinned");
+    assert!(!dir.is_mounted());
+    let status = status_of(&agent);
+    assert_eq!(status["pinned"], false, "{status}");
+    let reason = status["unpinned_reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("not a bpf filesystem") && reason.contains(bpffs),
+        "{reason}"
+    );
+    assert_eq!(pinned_metric(&agent).as_deref(), Some("0"));
+    let (code, ready) = get_json(agent.addr, "/readyz").expect("readyz");
+    assert_eq!(code, 200);
+    let warning = ready["warnings"][0].as_str().expect("a readiness warning");
+    assert!(
+        warning.contains("not pinned") && warning.contains(reason),
+        "{ready}"
+    );
+    drop(agent);
+
+    // --no-pin: the same report, naming the flag.
+    let agent = Agent::start(&[]).expect("agent");
+    let status = status_of(&agent);
+    assert_eq!(status["pinned"], false, "{status}");
+    assert!(
+        status["unpinned_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("--no-pin")),
+        "{status}"
+    );
+}
+
+/// Waits on drop (up to 10 s) until the process with this host pid is gone.
+struct ExitedOnDrop(std::cell::Cell<Option<u32>>);
+
+impl Drop for ExitedOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.get() {
+            let _ = tests::poll("the agent gone", Duration::from_secs(10), || {
+                (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+            });
+        }
+    }
+}
+
+/// A child killed and reaped on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every call of a profile.
+fn total_calls(profile: &Value) -> u64 {
+    profile["syscalls"]
+        .as_object()
+        .map_or(0, |calls| calls.values().filter_map(Value::as_u64).sum())
 }
 
 #[test]

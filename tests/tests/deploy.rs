@@ -211,6 +211,35 @@ fn the_daemonset_asks_for_what_the_agent_uses() {
         serde_json::json!([{ "operator": "Exists" }])
     );
 
+    // The init container mounts a bpffs at the host's --bpffs when there is none: the agent's
+    // own (hidden) subcommand on the same image, its mount propagated to the host and on to
+    // the agent. It alone is privileged: mounting needs CAP_SYS_ADMIN and Bidirectional
+    // propagation is allowed to privileged containers only.
+    let init = pod["initContainers"].as_array().expect("initContainers");
+    assert_eq!(init.len(), 1, "{init:?}");
+    let init = &init[0];
+    assert_eq!(init["image"], container["image"]);
+    let init_args: Vec<&str> = init["args"]
+        .as_array()
+        .expect("init args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg"))
+        .collect();
+    let argv = std::iter::once("recorder-agent").chain(init_args.iter().copied());
+    if let Err(err) = <Cli as clap::Parser>::try_parse_from(argv) {
+        panic!("the agent rejects the init container's args {init_args:?}: {err}");
+    }
+    assert_eq!(init_args, ["mount-bpffs", flag("bpffs").as_str()]);
+    assert_eq!(init["securityContext"]["privileged"], true);
+    let init_mounts = init["volumeMounts"].as_array().expect("init mounts");
+    assert_eq!(init_mounts.len(), 1, "{init_mounts:?}");
+    assert_eq!(init_mounts[0]["mountPath"], flag("bpffs").as_str());
+    assert_eq!(init_mounts[0]["mountPropagation"], "Bidirectional");
+    let bpffs_mount = mount_of(&flag("bpffs"));
+    assert_eq!(bpffs_mount["name"], init_mounts[0]["name"]);
+    assert_eq!(bpffs_mount["mountPropagation"], "HostToContainer");
+    assert_eq!(host_path(&mount_volume(&flag("bpffs"))), "/sys/fs/bpf");
+
     // Probes and scrape annotations point at the agent's endpoints on its port.
     let listen = flag("listen");
     let port: u16 = listen

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{Agent, BpfFs, TestCgroup, count, http, poll, privileged};
+use tests::{
+    Agent, BpfFs, Container, TestCgroup, count, http, kubepods_path, poll, privileged,
+    random_hex64, random_uid, runc_lock,
+};
 
 fn unames(cgroup: &TestCgroup, n: usize) {
     for _ in 0..n {
@@ -93,6 +96,86 @@ fn restarts_and_kill_9_lose_nothing_and_count_nothing_twice() {
     unames(&cgroup, 6);
     let agent = Agent::start_with(&pin, None, state_dir).expect("restart after kill -9");
     settles_at(&agent, &cgroup, 25 * k);
+}
+
+/// A container command that runs `uname` `n` times.
+fn uname_loop(n: u32) -> String {
+    format!("i=0; while [ $i -lt {n} ]; do uname >/dev/null; i=$((i+1)); done")
+}
+
+/// The uname count of the Pod profile of container `container` of pod `uid`, if it exists.
+fn pod_unames(agent: &Agent, uid: &str, container: &str) -> Option<u64> {
+    agent
+        .profiles()
+        .ok()?
+        .iter()
+        .find(|p| {
+            p["workload_kind"] == "Pod" && p["workload"] == uid && p["container"] == container
+        })
+        .map(|p| count(p, "uname"))
+}
+
+/// Waits until the count reaches `want`, then checks it stays there over a few more rounds.
+fn pod_settles_at(agent: &Agent, uid: &str, container: &str, want: u64) {
+    let have = || pod_unames(agent, uid, container).unwrap_or(0);
+    poll(
+        &format!("uname count {want}"),
+        Duration::from_secs(20),
+        || (have() >= want).then_some(()),
+    )
+    .unwrap_or_else(|err| {
+        let unresolved = agent
+            .profiles()
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p["workload"] == "(unresolved)")
+            .map_or(0, |p| count(p, "uname"));
+        panic!(
+            "{err}: have {}, (unresolved) has {unresolved}\n{}",
+            have(),
+            agent.log()
+        )
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(have(), want, "counted twice?\n{}", agent.log());
+}
+
+/// The scenario: a container counts and exits while the agent runs, the agent is killed
+/// before its next save, a second container on the same cgroup path counts during the gap,
+/// the agent starts again. Both cgroups are gone by then, so only the paths the kernel kept at
+/// their creation can name them: every call must land in the container's profile, as many as
+/// the same two runs give on another path while an agent watches.
+#[test]
+fn cgroups_created_and_removed_around_a_kill_9_keep_their_names() {
+    if !privileged() {
+        return;
+    }
+    let _lock = runc_lock();
+    let bpffs = BpfFs::mount().expect("bpffs");
+    let pin = ["--bpffs", bpffs.path().to_str().expect("utf-8")];
+    let agent = Agent::start(&pin).expect("agent");
+    let (first, second) = (uname_loop(300), uname_loop(200));
+
+    // Reference: the two runs on a path of their own, with the agent watching throughout.
+    let (reference_uid, reference_container) = (random_uid(), random_hex64());
+    let reference = kubepods_path("besteffort", &reference_uid, &reference_container);
+    for script in [&first, &second] {
+        Container::run_and_delete(&reference, &["sh", "-c", script]).expect("reference run");
+    }
+    let want = poll("reference counted", Duration::from_secs(20), || {
+        pod_unames(&agent, &reference_uid, &reference_container).filter(|&n| n >= 500)
+    })
+    .unwrap_or_else(|err| panic!("{err}\n{}", agent.log()));
+    pod_settles_at(&agent, &reference_uid, &reference_container, want);
+
+    let (uid, container) = (random_uid(), random_hex64());
+    let path = kubepods_path("besteffort", &uid, &container);
+    Container::run_and_delete(&path, &["sh", "-c", &first]).expect("first container");
+    agent.signal(libc::SIGKILL);
+    let state_dir = agent.into_state_dir();
+    Container::run_and_delete(&path, &["sh", "-c", &second]).expect("second container");
+    let agent = Agent::start_with(&pin, None, state_dir).expect("restart after kill -9");
+    pod_settles_at(&agent, &uid, &container, want);
 }
 
 #[test]

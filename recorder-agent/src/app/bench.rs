@@ -15,7 +15,7 @@ use crate::{
     attribution::cgroup::{self, Resolver},
     collection::Collector,
     config::{BenchCollectArgs, BenchProbeArgs, BenchProgram},
-    kernel::{EmptyProbe, LoadOptions, Recorder},
+    kernel::{EmptyProbe, LoadOptions, Recorder, SkipTask},
     profile::syscalls::Arch,
     profile::{Identity, SharedProfiles},
 };
@@ -37,7 +37,7 @@ pub fn probe(args: &BenchProbeArgs) -> anyhow::Result<ExitCode> {
         }
         BenchProgram::Recorder => Recorder::load_and_attach(LoadOptions {
             capacity: args.max_cgroups,
-            skip_tgid: std::process::id(),
+            skip: SkipTask::this_process()?,
             bpffs: None,
         })?,
     };
@@ -153,7 +153,7 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
     for &n in &args.cgroups {
         let recorder = Recorder::load_and_attach(LoadOptions {
             capacity: n + 256,
-            skip_tgid: std::process::id(),
+            skip: SkipTask::this_process()?,
             bpffs: None,
         })?;
         let cgroups = BenchCgroups::create(&root, n)?;

@@ -18,7 +18,7 @@ use crate::{
     attribution::cgroup,
     config::RecordArgs,
     export::seccomp,
-    kernel::{LoadOptions, Recorder},
+    kernel::{LoadOptions, Recorder, SkipTask},
     profile::state::write_atomic,
     profile::syscalls::Arch,
     profile::{Identity, Profile, WorkloadKind},
@@ -122,7 +122,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
 
     let mut recorder = Recorder::load_and_attach(LoadOptions {
         capacity: 256,
-        skip_tgid: std::process::id(),
+        skip: SkipTask::this_process()?,
         bpffs: None,
     })?;
     let run_cgroup = RunCgroup::create(&root)?;

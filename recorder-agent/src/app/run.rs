@@ -18,9 +18,9 @@ use crate::{
         kubernetes,
     },
     collection::Collector,
-    config::{KubernetesMode, RunArgs, UnpinArgs},
+    config::{KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
     export::delivery::{self, Delivery},
-    kernel::{self, LoadOptions, Recorder},
+    kernel::{self, LoadOptions, Recorder, SkipTask},
     profile::{
         state::{KernelSnapshot, Loaded, StateDir},
         syscalls::Arch,
@@ -39,6 +39,23 @@ pub fn unpin(args: &UnpinArgs) -> anyhow::Result<std::process::ExitCode> {
         "recorder-agent: removed {removed} pin(s) under {}",
         kernel::pin_root(&args.bpffs).display()
     );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `recorder-agent mount-bpffs PATH`: mounts a bpf filesystem at PATH unless one is there (the
+/// DaemonSet's init container, so the distroless image needs no shell or mount binary).
+pub fn mount_bpffs(args: &MountBpffsArgs) -> anyhow::Result<std::process::ExitCode> {
+    if kernel::mount_bpffs(&args.path)? {
+        eprintln!(
+            "recorder-agent: mounted a bpf filesystem at {}",
+            args.path.display()
+        );
+    } else {
+        eprintln!(
+            "recorder-agent: {} is a bpf filesystem already",
+            args.path.display()
+        );
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -114,7 +131,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let mut recorder = Recorder::load_and_attach(LoadOptions {
         capacity: args.max_cgroups,
-        skip_tgid: std::process::id(),
+        skip: SkipTask::this_process()?,
         bpffs: (!args.no_pin).then(|| args.bpffs.clone()),
     })?;
     info!(
@@ -125,6 +142,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "attached to sys_enter; counting every cgroup"
     );
     shared.metrics.watch_programs(recorder.attached_programs());
+    let unpinned = recorder.unpinned_reason().map(str::to_owned);
+    shared.metrics.set_counters_pinned(unpinned.is_none());
+    {
+        let mut status = shared
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        status.pinned = unpinned.is_none();
+        status.unpinned_reason = unpinned;
+    }
     let learned = match recorder.take_cgroup_events() {
         Some(events) => cgroup_events::spawn(events, cgroup_root.clone())?,
         None => cgroup_events::Learned::default(),

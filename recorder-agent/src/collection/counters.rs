@@ -41,6 +41,10 @@ pub trait SlotCounters {
     /// How the counters relate to the previous agent run: a saved snapshot applies only to
     /// reused counters of the same map.
     fn continuity(&self) -> Continuity;
+
+    /// The path (relative to the cgroup2 root) the kernel saw `cgroup` created with, if it
+    /// kept it: names a cgroup that was gone before the agent could find it.
+    fn cgroup_path(&self, cgroup: u64) -> Option<String>;
 }
 
 // Plain delegation: the inherent methods are named explicitly, as the trait's have the same
@@ -76,5 +80,9 @@ impl SlotCounters for Recorder {
 
     fn continuity(&self) -> Continuity {
         Recorder::continuity(self)
+    }
+
+    fn cgroup_path(&self, cgroup: u64) -> Option<String> {
+        Recorder::cgroup_path(self, cgroup)
     }
 }

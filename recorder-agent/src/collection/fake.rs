@@ -37,6 +37,8 @@ pub(super) struct FakeCounters {
     failing_reads: RefCell<HashSet<u32>>,
     /// Releases that still succeed before one fails (`None`: all succeed).
     releases_before_failure: Option<u32>,
+    /// Paths of created cgroups, as the kernel's `cgroup_mkdir` program keeps them.
+    paths: HashMap<u64, String>,
 }
 
 /// An injected failure; any error does, the collector only passes it on.
@@ -60,7 +62,18 @@ impl FakeCounters {
             reads: vec![Cell::new(0); slots],
             failing_reads: RefCell::default(),
             releases_before_failure: None,
+            paths: HashMap::new(),
         }
+    }
+
+    /// The kernel saw `cgroup` created at `path`.
+    pub(super) fn created(&mut self, cgroup: u64, path: &str) {
+        self.paths.insert(cgroup, path.to_owned());
+    }
+
+    /// Whether the kernel still keeps a path for `cgroup`.
+    pub(super) fn keeps_path(&self, cgroup: u64) -> bool {
+        self.paths.contains_key(&cgroup)
     }
 
     /// Sets how the counters relate to a previous agent run.
@@ -193,10 +206,15 @@ impl SlotCounters for FakeCounters {
         self.generation += 1;
         let totals = std::mem::replace(&mut self.counts[index], Box::new([0; SYSCALL_COLUMNS]));
         self.free.push_back(slot);
+        self.paths.remove(&cgroup);
         Ok(totals)
     }
 
     fn continuity(&self) -> Continuity {
         self.continuity
+    }
+
+    fn cgroup_path(&self, cgroup: u64) -> Option<String> {
+        self.paths.get(&cgroup).cloned()
     }
 }

@@ -400,13 +400,25 @@ impl<C: SlotCounters> Collector<C> {
                 Some(known) if !recheck => known,
                 known => match self.resolver.resolve(cgroup) {
                     Some(path) => identify(cgroup, Some(path)),
-                    None => {
+                    // A cgroup whose directory is gone keeps the identity it had (e.g. after a
+                    // restart, from the saved state) instead of becoming "unresolved".
+                    None if known.is_some() => {
                         stats.unresolved += 1;
-                        // A cgroup whose directory is gone keeps the identity it had (e.g.
-                        // after a restart, from the saved state) instead of becoming
-                        // "unresolved".
                         known.unwrap_or_else(|| identify(cgroup, None))
                     }
+                    // Gone before this agent found it (created and removed while no agent
+                    // ran, or before a killed agent saved it): the kernel kept its path.
+                    None => match self.counters.cgroup_path(cgroup) {
+                        Some(path) => {
+                            let identity = identify(cgroup, Some(&path));
+                            self.resolver.insert(cgroup, path);
+                            identity
+                        }
+                        None => {
+                            stats.unresolved += 1;
+                            identify(cgroup, None)
+                        }
+                    },
                 },
             };
             // A removed cgroup has no tasks left: release reads its counters a last time and

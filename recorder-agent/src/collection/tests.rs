@@ -251,6 +251,33 @@ fn removed_cgroup_is_released_only_by_release_pending() {
 }
 
 #[test]
+fn a_cgroup_gone_before_its_first_round_is_named_by_the_kernels_path() {
+    let mut rig = Rig::new(4);
+    // Created, counted and removed between two rounds (or while no agent ran): the tree walk
+    // cannot find it, the path the kernel kept at creation names it.
+    let gone = rig.cgroup("gone");
+    rig.kernel().created(gone, "gone");
+    rig.kernel().count(gone, READ, 4);
+    rig.remove("gone");
+    let unnamed = 1_000_000_007;
+    rig.kernel().count(unnamed, READ, 1);
+    assert_eq!(rig.round().expect("round").unresolved, 1);
+    assert_eq!(rig.calls("gone", "read"), 4);
+    assert_eq!(
+        rig.store
+            .get(&Identity::unresolved())
+            .and_then(|profile| profile.syscalls.get("read").copied()),
+        Some(1)
+    );
+    // Idle and gone: released, which drops the kept path.
+    assert_eq!(rig.round().expect("round").released, 2);
+    assert!(rig.kernel().keeps_path(gone));
+    assert_eq!(rig.release().expect("release"), 2);
+    assert!(!rig.kernel().keeps_path(gone));
+    assert_eq!(rig.calls("gone", "read"), 4);
+}
+
+#[test]
 fn failed_read_skips_only_that_slot_and_the_next_round_sweeps() {
     let mut rig = Rig::new(4);
     let (a, b) = (rig.cgroup("a"), rig.cgroup("b"));

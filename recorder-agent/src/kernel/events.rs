@@ -7,21 +7,17 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use recorder_ebpf::{CGROUP_PATH_MAX, CgroupEvent, MAP_CGROUP_EVENTS, PROG_CGROUP_MKDIR};
+use recorder_ebpf::{CGROUP_PATH_MAX, CgroupEvent, MAP_CGROUP_EVENTS};
 
-use super::{
-    BpfError, map_err,
-    object::{load_raw_tracepoint, program_err, take},
-    preflight::load_hint,
-};
+use super::{BpfError, map_err, object::take};
 
-pub(super) fn attach_cgroup_mkdir(ebpf: &mut Ebpf) -> Result<CgroupEvents, BpfError> {
-    let ring =
-        RingBuf::try_from(take(ebpf, MAP_CGROUP_EVENTS)?).map_err(map_err(MAP_CGROUP_EVENTS))?;
-    load_raw_tracepoint(ebpf, PROG_CGROUP_MKDIR)?
-        .attach("cgroup_mkdir")
-        .map_err(program_err("attaching", PROG_CGROUP_MKDIR, load_hint()))?;
-    Ok(CgroupEvents { ring })
+impl CgroupEvents {
+    /// The events ring of the loaded object (taken out of it).
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        let ring = RingBuf::try_from(take(ebpf, MAP_CGROUP_EVENTS)?)
+            .map_err(map_err(MAP_CGROUP_EVENTS))?;
+        Ok(Self { ring })
+    }
 }
 
 /// Paths of created cgroups, as the kernel reports them (one per hierarchy on hybrid hosts).
@@ -63,12 +59,17 @@ impl CgroupEvents {
             if item.len() < std::mem::size_of::<CgroupEvent>() {
                 continue;
             }
-            let len = u32::from_ne_bytes([item[0], item[1], item[2], item[3]]) as usize;
-            let path = &item[8..8 + len.min(CGROUP_PATH_MAX)];
-            let path = path.split(|&b| b == 0).next().unwrap_or_default();
-            if let Ok(path) = std::str::from_utf8(path) {
+            if let Some(path) = event_path(&item) {
                 each(path);
             }
         }
     }
+}
+
+/// The path of a [`CgroupEvent`] given as its bytes, if it is UTF-8.
+pub(super) fn event_path(event: &[u8]) -> Option<&str> {
+    let len = u32::from_ne_bytes(event.get(..4)?.try_into().ok()?) as usize;
+    let path = event.get(8..8 + len.min(CGROUP_PATH_MAX))?;
+    let path = path.split(|&b| b == 0).next().unwrap_or_default();
+    std::str::from_utf8(path).ok()
 }

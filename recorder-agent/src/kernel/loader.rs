@@ -12,22 +12,23 @@ use aya::{
     },
 };
 use recorder_ebpf::{
-    ALL_MAPS, CAPACITY_MAPS, Config, FIRST_CGROUP_SLOT, MAP_ACTIVE, MAP_CGROUP_SLOTS, MAP_CONFIG,
-    MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION, MAP_STATS, PROG_CGROUP_ATTACH, PROG_SYS_ENTER,
-    PROG_TASK_EXIT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED,
-    STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS,
+    ALL_MAPS, CAPACITY_MAPS, CgroupEvent, CgroupLayout, Config, FIRST_CGROUP_SLOT, MAP_ACTIVE,
+    MAP_CGROUP_PATHS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION,
+    MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER, PROG_TASK_EXIT,
+    STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED,
+    STAT_SLOT_RACE, SYSCALL_COLUMNS, cgroup_paths_entries,
 };
 
 use crate::report::Report;
 
 use super::{
-    BpfError,
-    events::{CgroupEvents, attach_cgroup_mkdir},
+    BpfError, btf,
+    events::{CgroupEvents, event_path},
     map_err,
     mapped::MappedCounters,
     object::{PROGRAM, load_raw_tracepoint, program_err, take},
     pin_err, pin_io,
-    pins::{PinLock, prepare_pin_set},
+    pins::{PinLock, PinSet, Prepared, prepare_pin_set},
     preflight::{check_privileges, counter_blocks, cpu_stride, load_hint, raise_memlock_limit},
     stats::{AttachedPrograms, KernelStats},
 };
@@ -44,13 +45,57 @@ pub struct Continuity {
     pub counts_map_id: u32,
 }
 
+/// A process whose syscalls are not counted, named the way the kernel program can compare it
+/// wherever the agent runs: its PID namespace and its thread-group id in that namespace (in a
+/// pod the agent is pid 1 of its own namespace, which says nothing about host pids).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipTask {
+    /// `st_dev` of the process's `/proc/<pid>/ns/pid`.
+    pub pidns_dev: u64,
+    /// `st_ino` of the process's `/proc/<pid>/ns/pid`.
+    pub pidns_ino: u64,
+    /// Its thread-group id in that namespace; 0 skips nothing.
+    pub tgid: u32,
+}
+
+impl SkipTask {
+    /// Skips nothing.
+    pub const NONE: Self = Self {
+        pidns_dev: 0,
+        pidns_ino: 0,
+        tgid: 0,
+    };
+
+    /// The calling process (the agent): `getpid` and the namespace it is a pid of.
+    pub fn this_process() -> Result<Self, BpfError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = "/proc/self/ns/pid";
+        let meta = fs::metadata(path).map_err(BpfError::PidNamespace)?;
+        Ok(Self {
+            pidns_dev: meta.dev(),
+            pidns_ino: meta.ino(),
+            tgid: std::process::id(),
+        })
+    }
+
+    fn config(self, cpus: u32, cgroup_layout: CgroupLayout) -> Config {
+        Config {
+            skip_pidns_dev: self.pidns_dev,
+            skip_pidns_ino: self.pidns_ino,
+            skip_tgid: self.tgid,
+            cpus,
+            cgroup_layout,
+        }
+    }
+}
+
 /// How to load the recorder.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Number of cgroups that can be counted at once.
     pub capacity: u32,
-    /// Thread group whose syscalls are not counted (the agent's own pid), or 0.
-    pub skip_tgid: u32,
+    /// The process whose syscalls are not counted (the agent, [`SkipTask::this_process`]).
+    pub skip: SkipTask,
     /// A bpf filesystem to pin maps and links in, so counting survives agent restarts.
     pub bpffs: Option<PathBuf>,
 }
@@ -68,8 +113,13 @@ pub struct Recorder {
     generation: Array<MapData, u64>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
+    /// Paths of cgroup v2 directories the kernel saw created (also while no agent ran).
+    cgroup_paths: HashMap<MapData, u64, CgroupEvent>,
+    cgroup_layout: CgroupLayout,
     capacity: u32,
     continuity: Continuity,
+    /// Why the maps are not pinned, if they are not.
+    unpinned: Option<String>,
     _pin_lock: Option<PinLock>,
     /// Kernel ids of the attached programs: the loaded ones, or those a previous agent left
     /// attached (their run statistics are what counts).
@@ -98,15 +148,19 @@ impl Recorder {
         let capacity = options.capacity.max(1);
         let cpus = cpu_stride()?;
         let counter_blocks = counter_blocks(capacity, cpus)?;
-        let pin = match &options.bpffs {
-            Some(bpffs) => prepare_pin_set(bpffs, capacity, counter_blocks)?,
-            None => None,
+        let (pin, unpinned) = match &options.bpffs {
+            Some(bpffs) => match prepare_pin_set(bpffs, capacity, counter_blocks)? {
+                Prepared::Pinned(pin) => (Some(pin), None),
+                Prepared::Unpinned(reason) => (None, Some(reason)),
+            },
+            None => (None, Some("pinning is off (--no-pin)".to_owned())),
         };
         let mut loader = EbpfLoader::new();
         for map in CAPACITY_MAPS {
             let entries = match map {
                 MAP_COUNTS => counter_blocks,
                 MAP_ACTIVE => capacity + 1,
+                MAP_CGROUP_PATHS => cgroup_paths_entries(capacity),
                 _ => capacity,
             };
             loader.map_max_entries(map, entries);
@@ -150,6 +204,13 @@ impl Recorder {
             Array::try_from(take(&mut ebpf, MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
         let stats =
             PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        let cgroup_paths = HashMap::try_from(take(&mut ebpf, MAP_CGROUP_PATHS)?)
+            .map_err(map_err(MAP_CGROUP_PATHS))?;
+        // Optional: without it, cgroups created and removed while no agent ran stay unnamed.
+        let cgroup_layout = btf::cgroup_layout().unwrap_or_else(|err| {
+            tracing::warn!(error = %Report(&err), "cgroup ids unknown at creation; cgroups removed while no agent runs may stay unresolved");
+            CgroupLayout::default()
+        });
 
         let reused_maps = pin.as_ref().is_some_and(|pin| pin.reuse);
         if !reused_maps {
@@ -162,14 +223,7 @@ impl Recorder {
             let (_, _, _, generation, config, _) = &mut recorder_maps;
             // The previous agent's pid may now belong to anything: the new one is skipped instead.
             config
-                .set(
-                    0,
-                    &Config {
-                        skip_tgid: options.skip_tgid,
-                        cpus,
-                    },
-                    0,
-                )
+                .set(0, &options.skip.config(cpus, cgroup_layout), 0)
                 .map_err(map_err(MAP_CONFIG))?;
             let current = generation.get(&0, 0).map_err(map_err(MAP_GENERATION))?;
             generation
@@ -185,55 +239,24 @@ impl Recorder {
             (PROG_TASK_EXIT, "sched_process_exit"),
             (PROG_SYS_ENTER, "sys_enter"),
         ] {
-            let program = load_raw_tracepoint(&mut ebpf, name)?;
-            let link_path = pin.as_ref().map(|pin| pin.dir.join(format!("link_{name}")));
-            if let Some(link_path) = &link_path
-                && reused_maps
-                && let Ok(old) = PinnedLink::from_pin(link_path)
-            {
-                let old = FdLink::from(old);
-                let new_tag = program.info().map(|info| info.tag()).ok();
-                let old_tag = old.info().ok().and_then(|link| {
-                    loaded_programs()
-                        .flatten()
-                        .find(|info| info.id() == link.program_id())
-                        .map(|info| info.tag())
-                });
-                if new_tag.is_some() && new_tag == old_tag {
-                    // The same program stays attached (the pin holds it): no syscall is missed.
-                    if let Ok(link) = old.info() {
-                        attached.push((name, link.program_id()));
-                    }
-                    continue;
-                }
-                // An upgrade: the old program goes first, so no syscall is counted twice (the
-                // few calls between detach and attach are missed instead).
-                fs::remove_file(link_path).map_err(pin_io("removing", link_path))?;
-                drop(old);
-            }
-            reused_programs = false;
-            if let Ok(info) = program.info() {
-                attached.push((name, info.id()));
-            }
-            let link_id =
-                program
-                    .attach(tracepoint)
-                    .map_err(program_err("attaching", name, load_hint()))?;
-            if let Some(link_path) = &link_path {
-                let link = program
-                    .take_link(link_id)
-                    .map_err(|source| BpfError::Program {
-                        action: "pinning",
-                        program: name,
-                        source: Box::new(source),
-                        hint: String::new(),
-                    })?;
-                let link = FdLink::from(link);
-                link.pin(link_path).map_err(|err| pin_err(link_path, err))?;
-            }
+            let (program_id, kept) =
+                attach_or_keep(&mut ebpf, name, tracepoint, pin.as_ref(), reused_maps)?;
+            reused_programs &= kept;
+            attached.extend(program_id.map(|id| (name, id)));
         }
-        // Optional: without it short-lived cgroups are learned only by the tree walk.
-        let cgroup_events = match attach_cgroup_mkdir(&mut ebpf) {
+        // Optional: without it short-lived cgroups are learned only by the tree walk. Pinned
+        // like the counter, so cgroups created while no agent runs keep their paths.
+        let cgroup_events = CgroupEvents::take(&mut ebpf).and_then(|events| {
+            attach_or_keep(
+                &mut ebpf,
+                PROG_CGROUP_MKDIR,
+                "cgroup_mkdir",
+                pin.as_ref(),
+                reused_maps,
+            )
+            .map(|_| events)
+        });
+        let cgroup_events = match cgroup_events {
             Ok(events) => Some(events),
             Err(err) => {
                 tracing::warn!(error = %Report(&err), "cgroup creation events unavailable; cgroups that live shorter than an interval may stay unresolved");
@@ -250,12 +273,15 @@ impl Recorder {
             generation,
             config,
             stats,
+            cgroup_paths,
+            cgroup_layout,
             capacity,
             continuity: Continuity {
                 reused_maps,
                 reused_programs: reused_maps && reused_programs,
                 counts_map_id,
             },
+            unpinned,
             _pin_lock: pin.map(|pin| pin.lock),
             attached,
         })
@@ -264,6 +290,11 @@ impl Recorder {
     /// How this load relates to the previous agent run.
     pub fn continuity(&self) -> Continuity {
         self.continuity
+    }
+
+    /// Why the counters are not pinned (they go with this agent), or `None` when they are.
+    pub fn unpinned_reason(&self) -> Option<&str> {
+        self.unpinned.as_deref()
     }
 
     /// The stream of created cgroups' paths (once; `None` if the program could not attach).
@@ -329,6 +360,21 @@ impl Recorder {
         Ok(slot)
     }
 
+    /// The path the kernel saw `cgroup` created with (relative to the cgroup2 root, no leading
+    /// `/`), if it was created while the `cgroup_mkdir` program was attached: the name of a
+    /// cgroup that is gone before the agent could walk to it.
+    pub fn cgroup_path(&self, cgroup: u64) -> Option<String> {
+        let event = self.cgroup_paths.get(&cgroup, 0).ok()?;
+        // SAFETY: `CgroupEvent` is plain `#[repr(C)]` data; its bytes are only read.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&event).cast::<u8>(),
+                std::mem::size_of::<CgroupEvent>(),
+            )
+        };
+        event_path(bytes).map(|path| path.trim_start_matches('/').to_owned())
+    }
+
     /// Gives the slot of a removed cgroup back: unregisters it, invalidates the caches, reads
     /// its final counters, zeroes them and returns the slot to the free queue. Returns the final
     /// totals, which the caller folds like any other read.
@@ -340,6 +386,8 @@ impl Recorder {
         let totals = self.read_slot(slot)?;
         self.counts.zero_slot(slot)?;
         self.free.push(&slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
+        // Its name is no longer needed (the LRU would drop it eventually anyway).
+        let _ = self.cgroup_paths.remove(&cgroup);
         Ok(totals)
     }
 
@@ -356,17 +404,10 @@ impl Recorder {
             .map_err(map_err(MAP_GENERATION))
     }
 
-    /// Changes the thread group that is not counted.
-    pub fn set_skip_tgid(&mut self, tgid: u32) -> Result<(), BpfError> {
+    /// Changes the process that is not counted.
+    pub fn set_skip(&mut self, skip: SkipTask) -> Result<(), BpfError> {
         self.config
-            .set(
-                0,
-                &Config {
-                    skip_tgid: tgid,
-                    cpus: self.counts.cpus,
-                },
-                0,
-            )
+            .set(0, &skip.config(self.counts.cpus, self.cgroup_layout), 0)
             .map_err(map_err(MAP_CONFIG))?;
         self.bump_generation()
     }
@@ -403,4 +444,56 @@ impl Recorder {
             slot_races: read(STAT_SLOT_RACE)?,
         })
     }
+}
+
+/// Attaches program `name` to the raw tracepoint `tracepoint`, or keeps the identical program
+/// a previous agent left attached (pinned). Returns the attached program's kernel id and
+/// whether it was kept.
+fn attach_or_keep(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+    pin: Option<&PinSet>,
+    reused_maps: bool,
+) -> Result<(Option<u32>, bool), BpfError> {
+    let program = load_raw_tracepoint(ebpf, name)?;
+    let link_path = pin.map(|pin| pin.dir.join(format!("link_{name}")));
+    if let Some(link_path) = &link_path
+        && let Ok(old) = PinnedLink::from_pin(link_path)
+    {
+        let old = FdLink::from(old);
+        let new_tag = program.info().map(|info| info.tag()).ok();
+        let old_tag = old.info().ok().and_then(|link| {
+            loaded_programs()
+                .flatten()
+                .find(|info| info.id() == link.program_id())
+                .map(|info| info.tag())
+        });
+        if reused_maps && new_tag.is_some() && new_tag == old_tag {
+            // The same program stays attached (the pin holds it): no syscall is missed.
+            return Ok((old.info().ok().map(|link| link.program_id()), true));
+        }
+        // An upgrade (or a program of maps that are gone): the old program goes first, so no
+        // syscall is counted twice (the few calls between detach and attach are missed).
+        fs::remove_file(link_path).map_err(pin_io("removing", link_path))?;
+        drop(old);
+    }
+    let program_id = program.info().ok().map(|info| info.id());
+    let link_id =
+        program
+            .attach(tracepoint)
+            .map_err(program_err("attaching", name, load_hint()))?;
+    if let Some(link_path) = &link_path {
+        let link = program
+            .take_link(link_id)
+            .map_err(|source| BpfError::Program {
+                action: "pinning",
+                program: name,
+                source: Box::new(source),
+                hint: String::new(),
+            })?;
+        let link = FdLink::from(link);
+        link.pin(link_path).map_err(|err| pin_err(link_path, err))?;
+    }
+    Ok((program_id, false))
 }

@@ -3,6 +3,7 @@
 //! The only module that touches aya; the ABI it shares with the kernel program is
 //! `recorder_ebpf`.
 
+mod btf;
 mod events;
 mod loader;
 mod mapped;
@@ -20,8 +21,8 @@ use std::{
 use aya::{maps::MapError, programs::ProgramError};
 
 pub use events::CgroupEvents;
-pub use loader::{Continuity, LoadOptions, Recorder, Totals};
-pub use pins::{is_bpffs, pin_root, unpin_all};
+pub use loader::{Continuity, LoadOptions, Recorder, SkipTask, Totals};
+pub use pins::{is_bpffs, mount_bpffs, pin_root, unpin_all};
 pub use preflight::{check_privileges, kernel_has_btf};
 pub use probe::EmptyProbe;
 pub use stats::{AttachedPrograms, KernelStats, ProgramStats, bpf_stats_enabled};
@@ -75,6 +76,9 @@ pub enum BpfError {
         #[source]
         source: Box<MapError>,
     },
+    /// The agent's PID namespace could not be read (it names the agent to the kernel program).
+    #[error("reading the agent's PID namespace (/proc/self/ns/pid)")]
+    PidNamespace(#[source] io::Error),
     /// The number of CPUs could not be read.
     #[error("reading the possible CPUs")]
     Cpus(#[source] io::Error),
@@ -106,6 +110,15 @@ pub enum BpfError {
         path: PathBuf,
         /// What went wrong (the pin set's own state, no underlying error).
         reason: String,
+    },
+    /// Mounting a bpf filesystem failed.
+    #[error("mounting a bpf filesystem at {path}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
     /// A file operation on the pins failed.
     #[error("{action} pin {path}")]

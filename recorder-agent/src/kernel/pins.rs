@@ -14,6 +14,7 @@ use recorder_ebpf::{
 };
 
 use super::{BpfError, pin_err, pin_io};
+use crate::report::Report;
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -33,6 +34,34 @@ pub fn is_bpffs(path: &Path) -> bool {
     )]
     let magic = i64::from(buf.f_type);
     rc == 0 && magic == BPF_FS_MAGIC
+}
+
+/// Mounts a bpf filesystem at `path` (created if missing) unless one is there already.
+/// Returns whether it mounted one. Needs CAP_SYS_ADMIN in the mount namespace's owner.
+pub fn mount_bpffs(path: &Path) -> Result<bool, BpfError> {
+    if is_bpffs(path) {
+        return Ok(false);
+    }
+    fs::create_dir_all(path).map_err(pin_io("creating", path))?;
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| pin_err(path, "the path contains a NUL byte"))?;
+    // SAFETY: NUL-terminated strings valid for the call; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(BpfError::Mount {
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(true)
 }
 
 /// The directory under `bpffs` that holds this agent's pins.
@@ -102,20 +131,40 @@ pub(super) struct PinSet {
     pub(super) lock: PinLock,
 }
 
+/// What pinning came to.
+pub(super) enum Prepared {
+    /// A pin set to load into.
+    Pinned(PinSet),
+    /// No bpf filesystem: the counters go with the agent. Why, in one line.
+    Unpinned(String),
+}
+
 /// Picks the pin set for this ABI and capacity under `bpffs`: reused when a compatible one
 /// exists, created otherwise. Sets of another ABI or capacity cannot be read by this agent and
-/// are removed. Returns `None` (with a warning) when `bpffs` is not a bpf filesystem.
+/// are removed. When `bpffs` is not a bpf filesystem the agent mounts one there if it may, and
+/// otherwise runs unpinned (with a warning and the reason).
 pub(super) fn prepare_pin_set(
     bpffs: &Path,
     capacity: u32,
     counter_blocks: u32,
-) -> Result<Option<PinSet>, BpfError> {
-    if !is_bpffs(bpffs) {
-        tracing::warn!(
-            bpffs = %bpffs.display(),
-            "not a bpf filesystem (mount -t bpf bpf /sys/fs/bpf): counters will not survive an agent restart"
-        );
-        return Ok(None);
+) -> Result<Prepared, BpfError> {
+    match mount_bpffs(bpffs) {
+        Ok(true) => {
+            tracing::info!(bpffs = %bpffs.display(), "mounted a bpf filesystem for the pinned counters")
+        }
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(
+                bpffs = %bpffs.display(),
+                error = %Report(&err),
+                "not a bpf filesystem and mounting one failed: counters will not survive an agent restart"
+            );
+            return Ok(Prepared::Unpinned(format!(
+                "{} is not a bpf filesystem and mounting one failed: {}",
+                bpffs.display(),
+                Report(&err)
+            )));
+        }
     }
     let root = pin_root(bpffs);
     fs::create_dir_all(&root).map_err(pin_io("creating", &root))?;
@@ -145,7 +194,7 @@ pub(super) fn prepare_pin_set(
         }
         fs::create_dir_all(&dir).map_err(pin_io("creating", &dir))?;
     }
-    Ok(Some(PinSet { dir, reuse, lock }))
+    Ok(Prepared::Pinned(PinSet { dir, reuse, lock }))
 }
 
 fn pin_set_is_complete(dir: &Path, counter_blocks: u32) -> bool {

@@ -60,7 +60,25 @@ pub(super) async fn readyz(
         Some(condition) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, condition.waiting()).into_response()
         }
-        None => Json(json!({ "status": "ready" })).into_response(),
+        // Unpinned counters do not fail readiness: the agent counts and serves correctly, and
+        // a failing probe would stall a rollout without bringing the bpffs back. What a
+        // restart would lose is said here, in the status and in a metric instead.
+        None => {
+            let unpinned = shared
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unpinned_reason
+                .clone();
+            match unpinned {
+                None => Json(json!({ "status": "ready" })).into_response(),
+                Some(reason) => Json(json!({
+                    "status": "ready",
+                    "warnings": [format!("counters not pinned, a restart loses what was not collected yet: {reason}")],
+                }))
+                .into_response(),
+            }
+        }
     }
 }
 

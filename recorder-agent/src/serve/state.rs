@@ -106,6 +106,10 @@ pub struct AgentStatus {
     pub kernel_map_errors: u64,
     /// Counters continue from a previous agent (pinned).
     pub pinned_counters_reused: bool,
+    /// The counters are pinned in a bpf filesystem, so they survive an agent restart.
+    pub pinned: bool,
+    /// Why they are not (`null` when they are): what a restart will lose.
+    pub unpinned_reason: Option<String>,
     /// Duration of the last collection, in microseconds.
     pub last_collection_us: u64,
     /// Collections done.

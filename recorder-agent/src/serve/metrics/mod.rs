@@ -100,6 +100,7 @@ pub struct Metrics {
     collection_errors: IntCounter,
     collection_duration: Histogram,
     bpf_stats_enabled: IntGauge,
+    counters_pinned: IntGauge,
     program_runs: IntCounterVec,
     program_run_nanoseconds: IntCounterVec,
     programs: OnceLock<AttachedPrograms>,
@@ -218,6 +219,10 @@ impl Metrics {
                     ]),
                 ),
             )?,
+            counters_pinned: int_gauge(
+                COUNTERS_PINNED,
+                "1 when the kernel counters are pinned in a bpf filesystem and survive an agent restart; 0 when a restart loses what was not collected yet (see /api/v1/status unpinned_reason).",
+            )?,
             bpf_stats_enabled: int_gauge(
                 BPF_STATS_ENABLED,
                 "1 when kernel.bpf_stats_enabled is on and BPF program run statistics accumulate.",
@@ -284,6 +289,11 @@ impl Metrics {
             advance(&self.slot_exhausted, kernel.slot_exhausted);
             advance(&self.map_errors, kernel.map_errors);
         }
+    }
+
+    /// Whether the counters are pinned (survive an agent restart).
+    pub fn set_counters_pinned(&self, pinned: bool) {
+        self.counters_pinned.set(i64::from(pinned));
     }
 
     /// The programs whose run statistics `/metrics` shows (set once they are attached).

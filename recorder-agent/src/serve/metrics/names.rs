@@ -41,6 +41,8 @@ pub const METRICS_FOLDED_WORKLOADS: &str = metric!("metrics_folded_workloads");
 pub const BUILD_INFO: &str = metric!("build_info");
 /// `--max-cgroups`.
 pub const CGROUP_CAPACITY: &str = metric!("cgroup_capacity");
+/// 1 when the counters are pinned in a bpf filesystem (they survive an agent restart).
+pub const COUNTERS_PINNED: &str = metric!("counters_pinned");
 /// Cgroups holding a slot.
 pub const CGROUPS_TRACKED: &str = metric!("cgroups_tracked");
 /// Slots the last collection read.
