@@ -7,6 +7,8 @@
 
 mod bench;
 mod cluster;
+mod image;
+mod oci;
 mod setup;
 
 use std::{
@@ -26,13 +28,17 @@ tasks:
                    kubernetes-validate, cargo-fuzz); --build-only: just what building needs
   build [--release] build the agent (with its eBPF program)
   dist             build the release binary into target/dist/
+  image            the agent's OCI image (no container engine needed) as
+                   target/dist/recorder-agent-image.tar; imported into the test cluster
+                   as localhost/syscall-recorder/recorder-agent:dev when it is up
   run [ARGS...]    setup, build (release) and run the agent on this host in standalone mode;
                    extra ARGS go to `recorder-agent run`
   test             setup, lint, and run every test (unit, eBPF, runc end-to-end, a short fuzz pass)
   bench            (root) kernel cost vs an empty program and bpftrace, collection cost, footprint
-  cluster up|down|status
+  cluster build|up|down|status
                    (root) a real single-node Kubernetes cluster on this machine, built from
-                   upstream sources; admin kubeconfig in target/cluster/kubeconfig
+                   upstream sources (`build`: without starting it); admin kubeconfig in
+                   target/cluster/kubeconfig
   fuzz [--seconds N] [TARGET...]
                    run the cargo-fuzz targets (default: all, 600 s each)
 ";
@@ -53,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             setup::Scope::All
         }),
         "dist" => dist(),
+        "image" => image::run(),
         "bench" => {
             setup::run(setup::Scope::Build)?;
             setup::bpftrace();
