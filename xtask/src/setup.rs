@@ -40,7 +40,8 @@ pub const NIGHTLY: &str = include_str!("../../nightly-toolchain").trim_ascii();
 const HOST_TOOLCHAIN_FILE: &str = include_str!("../../rust-toolchain.toml");
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-fn quiet(command: &mut Command) -> Option<String> {
+/// Runs `command` without its stderr; its stdout when it succeeds.
+pub(crate) fn quiet(command: &mut Command) -> Option<String> {
     let output = command.stderr(Stdio::null()).output().ok()?;
     output
         .status

@@ -17,14 +17,6 @@ use super::{BRIDGE, KUBELET_ROOT, Layout, config, host, procs};
 
 const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
-fn quiet_stdout(command: &mut Command) -> Option<String> {
-    let output = command.stderr(Stdio::null()).output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 pub fn run(layout: &Layout) -> anyhow::Result<()> {
     let daemons = config::daemons(layout);
     let binary = |name: &str| -> PathBuf {
@@ -63,7 +55,7 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
             .status();
         let started = Instant::now();
         loop {
-            let pods = quiet_stdout(layout.kubectl().args([
+            let pods = crate::setup::quiet(layout.kubectl().args([
                 "get",
                 "pods",
                 "-A",
@@ -173,14 +165,15 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
 
 /// Running tasks in containerd's CRI namespace.
 fn running_tasks(layout: &Layout) -> usize {
-    quiet_stdout(layout.ctr().args(["tasks", "ls"]))
+    crate::setup::quiet(layout.ctr().args(["tasks", "ls"]))
         .map(|out| out.lines().filter(|l| l.contains("RUNNING")).count())
         .unwrap_or(0)
 }
 
 /// Kills and deletes every task and container containerd still has.
 fn remove_containers(layout: &Layout) {
-    let ids = quiet_stdout(layout.ctr().args(["containers", "ls", "-q"])).unwrap_or_default();
+    let ids =
+        crate::setup::quiet(layout.ctr().args(["containers", "ls", "-q"])).unwrap_or_default();
     let ids: Vec<&str> = ids
         .lines()
         .map(str::trim)
@@ -331,7 +324,7 @@ fn remove_kubelet_root() {
 /// whatever `kube-proxy --cleanup` left: every rule that jumps to a KUBE-* chain, then the
 /// chains.
 fn remove_kube_chains(tool: &str) {
-    let Some(saved) = quiet_stdout(&mut Command::new(format!("{tool}-save"))) else {
+    let Some(saved) = crate::setup::quiet(&mut Command::new(format!("{tool}-save"))) else {
         return;
     };
     let mut table = "";
@@ -396,7 +389,8 @@ fn leftovers(layout: &Layout) -> Vec<String> {
             }
         }
     }
-    let links = quiet_stdout(Command::new("ip").args(["-o", "link", "show"])).unwrap_or_default();
+    let links =
+        crate::setup::quiet(Command::new("ip").args(["-o", "link", "show"])).unwrap_or_default();
     for line in links.lines() {
         if line.contains(&format!(" {BRIDGE}:")) || line.contains(&format!("master {BRIDGE}")) {
             left.push(format!(
@@ -406,7 +400,7 @@ fn leftovers(layout: &Layout) -> Vec<String> {
         }
     }
     for tool in ["iptables-save", "ip6tables-save"] {
-        let rules = quiet_stdout(&mut Command::new(tool)).unwrap_or_default();
+        let rules = crate::setup::quiet(&mut Command::new(tool)).unwrap_or_default();
         let chains = rules
             .lines()
             .filter(|l| l.starts_with(":KUBE-") || l.starts_with(":SYSREC-"))

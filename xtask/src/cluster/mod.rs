@@ -337,17 +337,9 @@ fn quiet_ok(command: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn quiet_stdout(command: &mut Command) -> Option<String> {
-    let output = command.stderr(Stdio::null()).output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// Whether the node's Ready condition is True (None: the API does not answer).
 fn node_ready(layout: &Layout) -> Option<bool> {
-    let status = quiet_stdout(layout.kubectl().args([
+    let status = crate::setup::quiet(layout.kubectl().args([
         "get",
         "node",
         NODE_NAME,
@@ -400,7 +392,7 @@ fn import(layout: &Layout, archive: &std::path::Path, reference: &str) -> anyhow
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let listed = quiet_stdout(layout.ctr().args(["images", "ls"])).unwrap_or_default();
+    let listed = crate::setup::quiet(layout.ctr().args(["images", "ls"])).unwrap_or_default();
     if listed
         .lines()
         .any(|line| line.starts_with(&format!("{reference} ")) && line.contains(&digest))
@@ -443,7 +435,7 @@ fn status(layout: &Layout) -> anyhow::Result<()> {
         Some(false) => println!("node {NODE_NAME}: NotReady"),
         None => println!("node {NODE_NAME}: API server not answering"),
     }
-    if let Some(pods) = quiet_stdout(layout.kubectl().args([
+    if let Some(pods) = crate::setup::quiet(layout.kubectl().args([
         "get",
         "pods",
         "-A",
