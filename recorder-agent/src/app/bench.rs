@@ -159,9 +159,7 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
         let cgroups = BenchCgroups::create(&root, n)?;
         let mut collector = Collector::new(recorder, Resolver::new(root.clone()), arch);
         let store = SharedProfiles::new();
-        let identify = |_id: u64, path: Option<&str>| {
-            path.map_or_else(Identity::unresolved, Identity::from_cgroup_path)
-        };
+        let identify = |_id: u64, path: Option<&str>| Identity::standalone(path);
         // What the agent's loop does each round: collect, then fold under the store's lock.
         let mut round = || {
             let stats = collector.collect(&identify);

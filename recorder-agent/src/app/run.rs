@@ -25,6 +25,7 @@ use crate::{
         state::{KernelSnapshot, Loaded, StateDir},
         syscalls::Arch,
     },
+    report::Report,
     serve::{
         self, Shared,
         metrics::{Metrics, MetricsOptions},
@@ -222,7 +223,7 @@ fn restore_profiles(state: &StateDir, shared: &Shared) -> anyhow::Result<Option<
             warn!(
                 path = %state.file().display(),
                 aside = %aside.display(),
-                error = &reason as &dyn std::error::Error,
+                error = %Report(&reason),
                 "state file unreadable; moved aside, starting with no profiles"
             );
             Ok(None)

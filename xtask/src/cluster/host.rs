@@ -2,11 +2,7 @@
 //! pod bridge with the node's address, a guard that keeps the bridge's traffic on this machine,
 //! and the sysctls the kubelet and the bridge change (saved first, restored by `down`).
 
-use std::{
-    fs,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::Context as _;
 
@@ -47,14 +43,6 @@ fn created_marker(layout: &Layout, dir: &str) -> std::path::PathBuf {
 /// Whether `dir` did not exist before the first `up`.
 pub fn created_by_up(layout: &Layout, dir: &str) -> bool {
     created_marker(layout, dir).exists()
-}
-
-fn quiet(command: &mut Command) -> bool {
-    command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Whether a file system of `fstype` is mounted at `path`.
@@ -102,7 +90,7 @@ pub fn prepare(layout: &Layout) -> anyhow::Result<()> {
     let _ = fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1");
 
     // The bridge with the node's address: the API server binds to it before any pod exists.
-    if !quiet(Command::new("ip").args(["link", "show", BRIDGE])) {
+    if !super::quiet_ok(Command::new("ip").args(["link", "show", BRIDGE])) {
         run_cmd(Command::new("ip").args(["link", "add", BRIDGE, "type", "bridge"]))?;
     }
     let addresses = Command::new("ip")
@@ -125,7 +113,7 @@ fn jumps() -> [(&'static str, [&'static str; 2], &'static str); 3] {
 }
 
 fn iptables(args: &[&str]) -> bool {
-    quiet(Command::new("iptables").args(["-w", "5"]).args(args))
+    super::quiet_ok(Command::new("iptables").args(["-w", "5"]).args(args))
 }
 
 /// Bridge traffic stays on this machine: nothing is forwarded between the bridge and another
@@ -190,7 +178,7 @@ pub fn undo(layout: &Layout) -> anyhow::Result<()> {
             eprintln!("cluster: removed iptables chain {chain}");
         }
     }
-    if quiet(Command::new("ip").args(["link", "show", BRIDGE])) {
+    if super::quiet_ok(Command::new("ip").args(["link", "show", BRIDGE])) {
         run_cmd(Command::new("ip").args(["link", "delete", BRIDGE]))?;
     }
     if let Ok(saved) = fs::read_to_string(saved_sysctls(layout)) {

@@ -329,6 +329,7 @@ fn build_stamps(layout: &Layout) -> Vec<String> {
         .collect()
 }
 
+/// Runs `command` silently; whether it succeeded.
 fn quiet_ok(command: &mut Command) -> bool {
     command
         .stdout(Stdio::null())
