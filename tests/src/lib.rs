@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use recorder_agent::client::http::{Method, Server};
 
+pub mod cluster;
 pub mod fake_apiserver;
 use serde_json::Value;
 

@@ -7,6 +7,8 @@
 
 mod bench;
 mod cluster;
+mod image;
+mod oci;
 mod setup;
 
 use std::{
@@ -26,13 +28,18 @@ tasks:
                    kubernetes-validate, cargo-fuzz); --build-only: just what building needs
   build [--release] build the agent (with its eBPF program)
   dist             build the release binary into target/dist/
+  image            the agent's OCI image (no container engine needed) as
+                   target/dist/recorder-agent-image.tar; imported into the test cluster
+                   as localhost/syscall-recorder/recorder-agent:dev when it is up
   run [ARGS...]    setup, build (release) and run the agent on this host in standalone mode;
                    extra ARGS go to `recorder-agent run`
-  test             setup, lint, and run every test (unit, eBPF, runc end-to-end, a short fuzz pass)
+  test             setup, lint, and run every test (unit, eBPF, runc end-to-end, a short fuzz pass,
+                   then a real cluster: up, `image`, tests/tests/cluster.rs, down)
   bench            (root) kernel cost vs an empty program and bpftrace, collection cost, footprint
-  cluster up|down|status
+  cluster build|up|down|status
                    (root) a real single-node Kubernetes cluster on this machine, built from
-                   upstream sources; admin kubeconfig in target/cluster/kubeconfig
+                   upstream sources (`build`: without starting it); admin kubeconfig in
+                   target/cluster/kubeconfig
   fuzz [--seconds N] [TARGET...]
                    run the cargo-fuzz targets (default: all, 600 s each)
 ";
@@ -53,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             setup::Scope::All
         }),
         "dist" => dist(),
+        "image" => image::run(),
         "bench" => {
             setup::run(setup::Scope::Build)?;
             setup::bpftrace();
@@ -257,6 +265,8 @@ fn test() -> anyhow::Result<()> {
     if privileged {
         eprintln!("xtask: RECORDER_SKIP_PRIVILEGED=1: eBPF and runc tests are skipped");
     }
+    // The host tests first, without the cluster: its kubelet owns /kubepods, which the runc
+    // tests use too, so the two never overlap.
     run_cmd(
         cargo()
             .args([
@@ -266,10 +276,56 @@ fn test() -> anyhow::Result<()> {
                 "recorder-ebpf",
                 "--no-fail-fast",
             ])
-            .env("RECORDER_AGENT_BIN", &binary),
+            .env("RECORDER_AGENT_BIN", &binary)
+            .env("RECORDER_SKIP_CLUSTER", "1"),
     )?;
     // A short pass over every fuzz target: a parser that panics on a known input fails here.
     fuzz(&FUZZ_TARGETS, TEST_FUZZ_SECONDS)?;
+    if env::var("RECORDER_SKIP_CLUSTER").is_ok_and(|v| v == "1") {
+        eprintln!("xtask: RECORDER_SKIP_CLUSTER=1: the real-cluster tests are skipped");
+    } else if privileged {
+        eprintln!("xtask: RECORDER_SKIP_PRIVILEGED=1: the real-cluster tests (root) are skipped");
+    } else {
+        cluster_tests(&binary)?;
+    }
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The real-cluster tests: cluster up, the agent image built and imported, tests/tests/cluster.rs,
+/// and the cluster down again whatever happened (the timings go to target/cluster/timings.log).
+fn cluster_tests(binary: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let result = (|| -> anyhow::Result<()> {
+        cluster::run(&["up".to_owned()])?;
+        let up = started.elapsed();
+        image::run()?;
+        let imaged = started.elapsed();
+        run_cmd(
+            cargo()
+                .args([
+                    "test",
+                    "--package",
+                    "tests",
+                    "--test",
+                    "cluster",
+                    "--",
+                    "--test-threads=1",
+                ])
+                .env("RECORDER_AGENT_BIN", binary),
+        )?;
+        eprintln!(
+            "xtask: cluster tests: up {:.0?}, image {:.0?}, tests {:.0?}",
+            up,
+            imaged - up,
+            started.elapsed() - imaged
+        );
+        Ok(())
+    })();
+    let down = cluster::run(&["down".to_owned()]);
+    eprintln!(
+        "xtask: the cluster part took {:.0?} (up, image, tests, down)",
+        started.elapsed()
+    );
+    result.and(down)
 }

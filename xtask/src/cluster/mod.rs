@@ -19,7 +19,6 @@ mod build;
 mod config;
 mod down;
 mod host;
-mod image;
 mod pki;
 mod procs;
 pub mod versions;
@@ -34,7 +33,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::workspace_root;
+use crate::{oci, workspace_root};
 
 pub const NODE_NAME: &str = "syscall-recorder-node";
 /// The node's address: the gateway of the pod bridge.
@@ -65,7 +64,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "the pod bridge"),
 ];
 
-const USAGE: &str = "usage: cargo xtask cluster up|down|status";
+const USAGE: &str = "usage: cargo xtask cluster build|up|down|status";
 
 /// Where everything lives.
 #[derive(Debug)]
@@ -125,6 +124,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let layout = Layout::new();
     match args.first().map(String::as_str) {
         Some("up") => up(&layout),
+        Some("build") => {
+            // Everything `up` needs that starts nothing: binaries, certificates, configs,
+            // image archives.
+            require_root()?;
+            apt_packages()?;
+            let started = Instant::now();
+            let built_before = build_stamps(&layout);
+            build::all(&layout)?;
+            if build_stamps(&layout) != built_before {
+                record(&layout, "build", started.elapsed());
+            }
+            pki::ensure(&layout)?;
+            config::write_all(&layout)?;
+            images(&layout).map(|_| ())
+        }
         Some("down") => {
             require_root()?;
             let started = Instant::now();
@@ -355,20 +369,26 @@ fn node_ready(layout: &Layout) -> Option<bool> {
 fn images(layout: &Layout) -> anyhow::Result<(PathBuf, PathBuf)> {
     let pause = layout.images.join("pause.oci.tar");
     let busybox = layout.images.join("busybox.oci.tar");
-    let digest = image::write_archive(
+    let digest = oci::write_archive(
         &pause,
         PAUSE_IMAGE,
-        &image::pause_entries(&layout.bin.join("pause"))?,
-        &["/pause"],
-        &[],
+        &oci::pause_entries(&layout.bin.join("pause"))?,
+        &oci::Config {
+            entrypoint: &["/pause"],
+            created_by: "cargo xtask cluster",
+            ..oci::Config::default()
+        },
     )?;
     eprintln!("cluster: image {PAUSE_IMAGE} ({digest})");
-    let digest = image::write_archive(
+    let digest = oci::write_archive(
         &busybox,
         BUSYBOX_IMAGE,
-        &image::busybox_entries(std::path::Path::new("/bin/busybox"))?,
-        &[],
-        &["sh"],
+        &oci::busybox_entries(std::path::Path::new("/bin/busybox"))?,
+        &oci::Config {
+            cmd: &["sh"],
+            created_by: "cargo xtask cluster",
+            ..oci::Config::default()
+        },
     )?;
     eprintln!("cluster: image {BUSYBOX_IMAGE} ({digest})");
     Ok((pause, busybox))
@@ -408,6 +428,17 @@ fn import(layout: &Layout, archive: &std::path::Path, reference: &str) -> anyhow
             .arg(archive),
     )
     .with_context(|| format!("importing {reference}"))
+}
+
+/// Whether this cluster's containerd answers (the cluster is up).
+pub fn containerd_answers() -> bool {
+    let layout = Layout::new();
+    layout.containerd_socket().exists() && quiet_ok(layout.ctr().arg("version"))
+}
+
+/// Imports an OCI archive into the running cluster's containerd (unless present already).
+pub fn import_image(archive: &std::path::Path, reference: &str) -> anyhow::Result<()> {
+    import(&Layout::new(), archive, reference)
 }
 
 fn status(layout: &Layout) -> anyhow::Result<()> {

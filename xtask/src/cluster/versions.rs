@@ -17,6 +17,9 @@ pub const ETCD: &str = "v3.6.16";
 pub const CONTAINERD: &str = "v2.2.9";
 /// CNI plugins: bridge, host-local, loopback.
 pub const CNI_PLUGINS: &str = "v1.10.0";
+/// Prometheus 3 (module tags v0.3xx): Debian's 2.42 is built without Kubernetes service
+/// discovery, which the cluster tests use; built with only that discovery mechanism.
+pub const PROMETHEUS: &str = "v0.316.0";
 /// The sandbox image, built here (a few lines of Go) and containerd's `sandbox` pinned image.
 pub const PAUSE_IMAGE: &str = "localhost/syscall-recorder/pause:3.10";
 /// The workload image for tests: Debian's busybox-static (the apt package's version).
@@ -101,5 +104,16 @@ pub const GO_BUILDS: &[GoBuild] = &[
         ],
         tags: "",
         subdir: "cni",
+    },
+    GoBuild {
+        name: "prometheus",
+        module: "github.com/prometheus/prometheus",
+        version: PROMETHEUS,
+        packages: &[(
+            "github.com/prometheus/prometheus/cmd/prometheus",
+            "prometheus",
+        )],
+        tags: "remove_all_sd enable_kubernetes_sd",
+        subdir: "",
     },
 ];

@@ -1,6 +1,7 @@
 //! OCI image archives written without a container engine: one gzip layer, a config, a manifest
 //! and an index, in the tar layout `ctr images import` reads. Deterministic (mtime 0, uid 0):
-//! the same inputs give the same digest, so a second `up` imports nothing.
+//! the same inputs give the same digest, so a second import of an unchanged image does nothing.
+//! Used by the test cluster (pause, busybox) and `cargo xtask image` (the agent).
 
 use std::{fs, io::Write as _, path::Path, process::Command};
 
@@ -9,10 +10,10 @@ use flate2::{Compression, GzBuilder};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-/// A file of an image layer.
+/// A file of an image layer (every entry is owned by root, mtime 0).
 #[derive(Debug)]
 pub enum Entry {
-    Dir(&'static str, u32),
+    Dir(String, u32),
     File(String, Vec<u8>, u32),
     Symlink(String, String),
 }
@@ -54,14 +55,27 @@ fn layer_tar(entries: &[Entry]) -> anyhow::Result<Vec<u8>> {
     Ok(builder.into_inner()?)
 }
 
+/// The runtime part of an image config (what a Dockerfile's ENTRYPOINT, CMD, USER and EXPOSE
+/// set).
+#[derive(Debug, Default)]
+pub struct Config<'a> {
+    pub entrypoint: &'a [&'a str],
+    pub cmd: &'a [&'a str],
+    /// `USER` (`uid:gid`); empty: not set (root).
+    pub user: &'a str,
+    /// `EXPOSE`: `9477/tcp`.
+    pub exposed_ports: &'a [&'a str],
+    /// What built it (the image history's `created_by`).
+    pub created_by: &'a str,
+}
+
 /// Writes `archive` (an OCI image layout in a tar) for image `reference` with `entries` as its
 /// only layer; returns the manifest digest.
 pub fn write_archive(
     archive: &Path,
     reference: &str,
     entries: &[Entry],
-    entrypoint: &[&str],
-    cmd: &[&str],
+    image: &Config<'_>,
 ) -> anyhow::Result<String> {
     let layer = layer_tar(entries)?;
     let diff_id = sha256(&layer);
@@ -70,17 +84,29 @@ pub fn write_archive(
         .write(Vec::new(), Compression::default());
     gz.write_all(&layer)?;
     let layer_gz = gz.finish()?;
+    let mut runtime = json!({
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "Entrypoint": image.entrypoint,
+        "Cmd": image.cmd,
+        "WorkingDir": "/",
+    });
+    if !image.user.is_empty() {
+        runtime["User"] = json!(image.user);
+    }
+    if !image.exposed_ports.is_empty() {
+        let ports: serde_json::Map<String, serde_json::Value> = image
+            .exposed_ports
+            .iter()
+            .map(|port| ((*port).to_owned(), json!({})))
+            .collect();
+        runtime["ExposedPorts"] = serde_json::Value::Object(ports);
+    }
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Entrypoint": entrypoint,
-            "Cmd": cmd,
-            "WorkingDir": "/",
-        },
+        "config": runtime,
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-        "history": [{ "created_by": "cargo xtask cluster" }],
+        "history": [{ "created_by": image.created_by }],
     }))?;
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -156,11 +182,11 @@ pub fn busybox_entries(busybox: &Path) -> anyhow::Result<Vec<Entry>> {
         bail!("{} --list failed", busybox.display());
     }
     let mut entries = vec![
-        Entry::Dir("bin", 0o755),
-        Entry::Dir("etc", 0o755),
-        Entry::Dir("tmp", 0o1777),
-        Entry::Dir("var", 0o755),
-        Entry::Dir("var/www", 0o755),
+        Entry::Dir("bin".into(), 0o755),
+        Entry::Dir("etc".into(), 0o755),
+        Entry::Dir("tmp".into(), 0o1777),
+        Entry::Dir("var".into(), 0o755),
+        Entry::Dir("var/www".into(), 0o755),
         Entry::File("bin/busybox".into(), data, 0o755),
         Entry::File(
             "etc/passwd".into(),
