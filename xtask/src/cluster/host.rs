@@ -33,6 +33,10 @@ fn bpffs_marker(layout: &Layout) -> std::path::PathBuf {
     layout.run.join("bpffs.mounted-by-xtask")
 }
 
+fn bpffs_shared_marker(layout: &Layout) -> std::path::PathBuf {
+    layout.run.join("bpffs.made-shared-by-xtask")
+}
+
 /// Directories the cluster's daemons create: removed by `down` only when `up` saw them absent.
 pub const CREATED_DIRS: [&str; 3] = ["/run/containerd", "/var/lib/cni", "/run/netns"];
 
@@ -45,14 +49,33 @@ pub fn created_by_up(layout: &Layout, dir: &str) -> bool {
     created_marker(layout, dir).exists()
 }
 
-/// Whether a file system of `fstype` is mounted at `path`.
-pub fn mounted(path: &str, fstype: &str) -> bool {
-    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
-        info.lines().any(|line| {
+/// The mountinfo line of the topmost mount of `fstype` at `path`, split into fields.
+fn mount_fields(path: &str, fstype: &str) -> Option<Vec<String>> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
             let sep = fields.iter().position(|f| *f == "-");
-            fields.get(4) == Some(&path) && sep.and_then(|i| fields.get(i + 1)) == Some(&fstype)
+            (fields.get(4) == Some(&path) && sep.and_then(|i| fields.get(i + 1)) == Some(&fstype))
+                .then(|| fields.iter().map(|f| (*f).to_owned()).collect())
         })
+        .last()
+}
+
+/// Whether a file system of `fstype` is mounted at `path`.
+pub fn mounted(path: &str, fstype: &str) -> bool {
+    mount_fields(path, fstype).is_some()
+}
+
+/// Whether the mount of `fstype` at `path` propagates (mountinfo's optional `shared:N` field):
+/// the kubelet refuses a `Bidirectional` volume whose host mount does not.
+fn shared(path: &str, fstype: &str) -> bool {
+    mount_fields(path, fstype).is_some_and(|fields| {
+        fields
+            .iter()
+            .skip(6)
+            .take_while(|f| *f != "-")
+            .any(|f| f.starts_with("shared:"))
     })
 }
 
@@ -65,6 +88,14 @@ pub fn prepare(layout: &Layout) -> anyhow::Result<()> {
         run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
             .context("mounting a bpffs at /sys/fs/bpf")?;
         fs::write(bpffs_marker(layout), "")?;
+    }
+    // systemd makes every mount shared; without it (this machine) mounts are private, and the
+    // agent's init container mounts into /sys/fs/bpf with Bidirectional propagation.
+    if !shared("/sys/fs/bpf", "bpf") {
+        run_cmd(Command::new("mount").args(["--make-shared", "/sys/fs/bpf"]))
+            .context("making /sys/fs/bpf a shared mount")?;
+        fs::write(bpffs_shared_marker(layout), "")?;
+        eprintln!("cluster: /sys/fs/bpf made a shared mount (as systemd would)");
     }
 
     for dir in CREATED_DIRS {
@@ -191,6 +222,10 @@ pub fn undo(layout: &Layout) -> anyhow::Result<()> {
     }
     if bpffs_marker(layout).exists() && mounted("/sys/fs/bpf", "bpf") {
         run_cmd(Command::new("umount").arg("/sys/fs/bpf"))?;
+    } else if bpffs_shared_marker(layout).exists() && mounted("/sys/fs/bpf", "bpf") {
+        run_cmd(Command::new("mount").args(["--make-private", "/sys/fs/bpf"]))?;
     }
+    let _ = fs::remove_file(bpffs_marker(layout));
+    let _ = fs::remove_file(bpffs_shared_marker(layout));
     Ok(())
 }
