@@ -1040,8 +1040,8 @@ fn can_i(cluster: &Cluster, verb: &str, resource: &str) -> bool {
 /// agent's name rules (attribution/kubernetes `resolve_workload` with `Lookup::Failed`): a
 /// ReplicaSet's pod-template-hash is trimmed to a Deployment, a job's `-<8+ digits>` suffix to
 /// a CronJob, even where the API would have said otherwise (a hand-made ReplicaSet, a job
-/// without owner), which proves the lookups were denied. Failed lookups are logged at debug
-/// only: the info log stays free of per-pod Forbidden lines.
+/// without owner), which proves the lookups were denied. The denial is said once per denied
+/// kind (a warning naming the missing grant), never once per pod or per round.
 #[test]
 fn owner_lookups_denied_by_rbac_fall_back_to_name_rules() -> anyhow::Result<()> {
     let _lock = cluster_lock();
@@ -1147,8 +1147,15 @@ spec:
         .count();
     eprintln!("Forbidden lines in the agent's log under the reduced role: {forbidden}");
     assert!(
-        forbidden <= 1,
-        "the agent logs Forbidden per pod or per round ({forbidden} lines):\n{new}"
+        (1..=2).contains(&forbidden),
+        "want one Forbidden warning per denied kind (ReplicaSet, Job), got {forbidden} lines:\n{new}"
     );
+    for kind in ["ReplicaSet", "Job"] {
+        assert!(
+            new.lines()
+                .any(|l| l.contains("forbidden by RBAC") && l.contains(kind)),
+            "no warning names the denied {kind} gets:\n{new}"
+        );
+    }
     Ok(())
 }

@@ -266,7 +266,13 @@ fn test() -> anyhow::Result<()> {
         eprintln!("xtask: RECORDER_SKIP_PRIVILEGED=1: eBPF and runc tests are skipped");
     }
     // The host tests first, without the cluster: its kubelet owns /kubepods, which the runc
-    // tests use too, so the two never overlap.
+    // tests use too, so the two never overlap (a cluster left up by hand is taken down first).
+    if !privileged && cluster::any_daemon_running() {
+        eprintln!(
+            "xtask: a test cluster is up; its kubelet would kill the runc tests' containers: taking it down"
+        );
+        cluster::run(&["down".to_owned()])?;
+    }
     run_cmd(
         cargo()
             .args([

@@ -441,6 +441,14 @@ pub fn import_image(archive: &std::path::Path, reference: &str) -> anyhow::Resul
     import(&Layout::new(), archive, reference)
 }
 
+/// Whether any of the cluster's daemons runs (`up`, or a `down` that did not finish).
+pub fn any_daemon_running() -> bool {
+    let layout = Layout::new();
+    config::daemons(&layout)
+        .iter()
+        .any(|daemon| procs::running(&layout, daemon.name, &daemon.binary).is_some())
+}
+
 fn status(layout: &Layout) -> anyhow::Result<()> {
     let mut any = false;
     for daemon in config::daemons(layout) {

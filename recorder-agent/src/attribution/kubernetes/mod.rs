@@ -537,6 +537,9 @@ struct CachedLookup {
 struct Owners {
     client: Client,
     cache: HashMap<(String, String, String), CachedLookup>,
+    /// Owner kinds whose gets RBAC denied, warned about once each: a denial holds for every
+    /// pod, so one line says it; the rest go to debug.
+    forbidden: HashSet<String>,
 }
 
 impl Owners {
@@ -560,8 +563,15 @@ impl Owners {
         let result = match result {
             Ok(parent) => Lookup::Found(parent),
             Err(err) => {
-                debug!(kind = %owner.kind, name = %owner.name, %namespace, error = %Report(&err),
-                    "owner lookup failed; using name rules");
+                let denied = matches!(&err, kube::Error::Api(status) if status.code == 403);
+                if denied && self.forbidden.insert(owner.kind.clone()) {
+                    warn!(kind = %owner.kind, error = %Report(&err),
+                        "owner lookups are forbidden by RBAC: workloads are named by the name rules \
+                         (grant get on replicasets.apps and jobs.batch, as deploy/ does)");
+                } else {
+                    debug!(kind = %owner.kind, name = %owner.name, %namespace, error = %Report(&err),
+                        "owner lookup failed; using name rules");
+                }
                 Lookup::Failed
             }
         };
@@ -594,6 +604,7 @@ pub async fn watch_pods(
     let mut owners = Owners {
         client,
         cache: HashMap::new(),
+        forbidden: HashSet::new(),
     };
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut listed: HashSet<String> = HashSet::new();
