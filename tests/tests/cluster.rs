@@ -722,6 +722,38 @@ fn agent_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
         unresolved_after, unresolved_before,
         "uname calls counted under (unresolved)"
     );
+    // Nothing stays under a pod's fallback identity (`Pod/<uid>/<container id>`): what an
+    // agent saved before the pod's metadata arrived moved to the Job, the sandboxes to its
+    // `(sandbox)` profile.
+    let uids: BTreeSet<String> = cluster
+        .pods(&ns.name, "job-name=counter")?
+        .iter()
+        .filter_map(|pod| pod["metadata"]["uid"].as_str().map(str::to_owned))
+        .collect();
+    let leftovers: Vec<String> = agent
+        .profiles()?
+        .iter()
+        .filter(|p| {
+            p["workload_kind"] == "Pod"
+                && p["workload"].as_str().is_some_and(|uid| uids.contains(uid))
+        })
+        .map(|p| format!("{}/{}", p["workload"], p["container"]))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "profiles left under the job pods' fallback identity: {leftovers:?}"
+    );
+    assert!(
+        find(&agent.profiles()?, &ns.name, "Job", "counter", "(sandbox)").is_some(),
+        "the job pods' sandboxes are counted apart"
+    );
+    // The DaemonSet's agent has no CAP_SYS_ADMIN: it still finds the program a previous agent
+    // left attached (pinned), so no call is missed while it starts.
+    let log = cluster.agent_log(&agent.pod)?;
+    assert!(
+        log.contains("programs_kept_attached=true"),
+        "the restarted agent replaced the attached program:\n{log}"
+    );
     Ok(())
 }
 

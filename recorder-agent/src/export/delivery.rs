@@ -18,6 +18,7 @@ use std::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    attribution::kubernetes::{EPHEMERAL_PREFIX, SANDBOX_CONTAINER},
     export::Format,
     export::seccomp,
     profile::state::{self, StateError},
@@ -203,15 +204,20 @@ impl Delivery {
     /// from what was written last.
     fn needs_write(&self, profile: &Profile) -> bool {
         let identity = &profile.identity;
-        // Host cgroups are no container's profile: kubelet never asks for them.
-        let deliverable = match identity.workload_kind {
-            WorkloadKind::Cgroup => false,
-            WorkloadKind::Kubernetes(_)
-            | WorkloadKind::Pod
-            | WorkloadKind::Container
-            | WorkloadKind::Command
-            | WorkloadKind::Other(_) => true,
-        };
+        // Host cgroups are no container's profile: kubelet never asks for them. Nor does a pod
+        // spec name a sandbox or a debugging session (ephemeral container) as a container
+        // whose profile it enforces.
+        let apart = identity.container == SANDBOX_CONTAINER
+            || identity.container.starts_with(EPHEMERAL_PREFIX);
+        let deliverable = !apart
+            && match identity.workload_kind {
+                WorkloadKind::Cgroup => false,
+                WorkloadKind::Kubernetes(_)
+                | WorkloadKind::Pod
+                | WorkloadKind::Container
+                | WorkloadKind::Command
+                | WorkloadKind::Other(_) => true,
+            };
         if !deliverable || self.rejected.contains(identity) {
             return false;
         }
@@ -392,6 +398,19 @@ mod tests {
         add(
             &store,
             &Identity::new("", "Cgroup", "system.slice/cron.service", ""),
+            &[0],
+            1,
+        );
+        // Counted apart, never enforced: a pod's sandbox and a debugging session.
+        add(
+            &store,
+            &Identity::new("shop", "Deployment", "web", SANDBOX_CONTAINER),
+            &[0],
+            1,
+        );
+        add(
+            &store,
+            &Identity::new("shop", "Deployment", "web", "ephemeral:debugger"),
             &[0],
             1,
         );

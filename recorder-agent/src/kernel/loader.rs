@@ -7,6 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, Queue},
     programs::{
+        ProgramInfo,
         links::{FdLink, PinnedLink},
         loaded_programs,
     },
@@ -458,15 +459,25 @@ fn attach_or_keep(
 ) -> Result<(Option<u32>, bool), BpfError> {
     let program = load_raw_tracepoint(ebpf, name)?;
     let link_path = pin.map(|pin| pin.dir.join(format!("link_{name}")));
+    // The attached program pinned beside its link: its tag is read from the pin, because
+    // finding it by id (BPF_PROG_GET_NEXT_ID) takes CAP_SYS_ADMIN, which the DaemonSet's
+    // agent (CAP_BPF, CAP_PERFMON) does not have.
+    let prog_path = pin.map(|pin| pin.dir.join(format!("prog_{name}")));
     if let Some(link_path) = &link_path
         && let Ok(old) = PinnedLink::from_pin(link_path)
     {
         let old = FdLink::from(old);
         let new_tag = program.info().map(|info| info.tag()).ok();
         let old_tag = old.info().ok().and_then(|link| {
-            loaded_programs()
-                .flatten()
-                .find(|info| info.id() == link.program_id())
+            prog_path
+                .as_ref()
+                .and_then(|path| ProgramInfo::from_pin(path).ok())
+                .filter(|info| info.id() == link.program_id())
+                .or_else(|| {
+                    loaded_programs()
+                        .flatten()
+                        .find(|info| info.id() == link.program_id())
+                })
                 .map(|info| info.tag())
         });
         if reused_maps && new_tag.is_some() && new_tag == old_tag {
@@ -478,12 +489,20 @@ fn attach_or_keep(
         fs::remove_file(link_path).map_err(pin_io("removing", link_path))?;
         drop(old);
     }
+    if let Some(prog_path) = &prog_path
+        && prog_path.exists()
+    {
+        fs::remove_file(prog_path).map_err(pin_io("removing", prog_path))?;
+    }
     let program_id = program.info().ok().map(|info| info.id());
     let link_id =
         program
             .attach(tracepoint)
             .map_err(program_err("attaching", name, load_hint()))?;
-    if let Some(link_path) = &link_path {
+    if let (Some(link_path), Some(prog_path)) = (&link_path, &prog_path) {
+        program
+            .pin(prog_path)
+            .map_err(|err| pin_err(prog_path, err))?;
         let link = program
             .take_link(link_id)
             .map_err(|source| BpfError::Program {

@@ -41,7 +41,6 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::cgroup::{self, CgroupKind},
     profile::{Identity, ProfileStore, WorkloadKind},
-    report::Report,
 };
 
 /// How long a deleted pod stays in the index, so counts collected after the deletion (the
@@ -58,6 +57,10 @@ pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// in a container name (a DNS-1123 label), so they never collide with, and never merge into,
 /// the workload's own containers.
 pub const EPHEMERAL_PREFIX: &str = "ephemeral:";
+/// Container name of a pod's sandbox (the runtime's pause container) in identities: its calls
+/// are the runtime's, counted apart from every container of the workload (`(` cannot occur in
+/// a container name, and the name is never delivered as a seccomp file).
+pub const SANDBOX_CONTAINER: &str = "(sandbox)";
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +287,13 @@ pub struct PodEntry {
     pub workload: Workload,
     /// `(container id, container name, class)` of every status that has an id.
     pub containers: Vec<(String, String, ContainerClass)>,
+    /// Every init and regular container of the spec has a status with an id: a container
+    /// cgroup of this pod with another id is its sandbox, or a run the status does not show
+    /// yet.
+    pub complete: bool,
+    /// The pod succeeded or failed: no container of it runs again, so an id its statuses do
+    /// not list is the sandbox's.
+    pub terminal: bool,
 }
 
 impl PodEntry {
@@ -306,12 +316,30 @@ impl PodEntry {
                 }
             }
         }
+        let complete = pod.spec.as_ref().is_some_and(|spec| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .all(|container| {
+                    containers.iter().any(|(_, name, class)| {
+                        *class != ContainerClass::Ephemeral && *name == container.name
+                    })
+                })
+        });
+        let terminal = pod
+            .status
+            .as_ref()
+            .and_then(|status| status.phase.as_deref())
+            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
         Self {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             workload,
             containers,
+            complete,
+            terminal,
         }
     }
 
@@ -399,6 +427,16 @@ impl PodIndex {
         Some(pod.identity(name, *class))
     }
 
+    /// The pod's sandbox identity, if the pod is known and `complete` or terminal as asked.
+    fn sandbox(&self, uid: &str, need: SandboxEvidence) -> Option<Identity> {
+        let (pod, _) = self.pods.get(uid)?;
+        let enough = match need {
+            SandboxEvidence::Complete => pod.complete,
+            SandboxEvidence::Terminal => pod.terminal,
+        };
+        enough.then(|| pod.identity(SANDBOX_CONTAINER, ContainerClass::Regular))
+    }
+
     /// Number of pods (deleted ones included).
     pub fn len(&self) -> usize {
         self.pods.len()
@@ -410,10 +448,46 @@ impl PodIndex {
     }
 }
 
+/// An error of the Kubernetes client on one line: like `crate::report::Report`, but an API status is
+/// printed once as `<code> <reason>: <message>` (kube's own message repeats it with a debug
+/// dump of the status).
+struct ApiReport<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ApiReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut error: Option<&(dyn std::error::Error + 'static)> = Some(self.0);
+        let mut first = true;
+        while let Some(current) = error {
+            if !first {
+                f.write_str(": ")?;
+            }
+            first = false;
+            if let Some(kube::Error::Api(status)) = current.downcast_ref::<kube::Error>() {
+                return write!(f, "{} {}: {}", status.code, status.reason, status.message);
+            }
+            write!(f, "{current}")?;
+            error = current.source();
+        }
+        Ok(())
+    }
+}
+
+/// What makes an unlisted container id of a known pod its sandbox's.
+#[derive(Clone, Copy, Debug)]
+enum SandboxEvidence {
+    /// The pod's every container has an id, and the cgroup is older than all of them (the
+    /// runtime creates the sandbox first; a new run of a container is younger).
+    Complete,
+    /// The pod ended: nothing of it starts again.
+    Terminal,
+}
+
 #[derive(Debug)]
 struct Attributed {
     identity: Identity,
     workload: bool,
+    /// The pod uid of the cgroup's path, empty for none.
+    pod: String,
     /// The container id of the cgroup's path, empty for none: with no id and no workload the
     /// identity is final; with an id, the pod may still arrive.
     container: String,
@@ -457,8 +531,18 @@ impl Attribution {
             if known.workload || known.container.is_empty() {
                 return known.identity.clone();
             }
-            let Some(identity) = self.workload_of(&known.container) else {
-                return known.identity.clone();
+            let container = known.container.clone();
+            let pod = known.pod.clone();
+            let Some(identity) = self
+                .workload_of(&container)
+                .or_else(|| self.sandbox_of(id, &pod, &attributed))
+            else {
+                return attributed
+                    .get(&id)
+                    .map_or_else(Identity::unresolved, |known| known.identity.clone());
+            };
+            let Some(known) = attributed.get_mut(&id) else {
+                return identity;
             };
             let previous = std::mem::replace(&mut known.identity, identity.clone());
             known.workload = true;
@@ -473,12 +557,18 @@ impl Attribution {
             return Identity::unresolved();
         };
         let kind = cgroup::classify(path);
-        let container = match &kind {
-            CgroupKind::PodContainer { container_id, .. }
-            | CgroupKind::Container { container_id, .. } => container_id.clone(),
-            CgroupKind::RuntimeHelper | CgroupKind::Other => String::new(),
+        let (container, pod) = match &kind {
+            CgroupKind::PodContainer {
+                container_id,
+                pod_uid,
+                ..
+            } => (container_id.clone(), pod_uid.clone()),
+            CgroupKind::Container { container_id, .. } => (container_id.clone(), String::new()),
+            CgroupKind::RuntimeHelper | CgroupKind::Other => (String::new(), String::new()),
         };
-        let workload = self.workload_of(&container);
+        let workload = self
+            .workload_of(&container)
+            .or_else(|| self.sandbox_of(id, &pod, &attributed));
         let is_workload = workload.is_some();
         let identity = workload.unwrap_or_else(|| Identity::from_cgroup_kind(kind, path));
         attributed.insert(
@@ -486,11 +576,87 @@ impl Attribution {
             Attributed {
                 identity: identity.clone(),
                 workload: is_workload,
+                pod,
                 container,
                 seen: now,
             },
         );
         identity
+    }
+
+    /// The sandbox identity for cgroup `id` of pod `pod` whose container id no status lists:
+    /// the pod is complete and `id` is older than every attributed container cgroup of the
+    /// pod (cgroup ids only grow), so it is not a container run the status does not show yet.
+    fn sandbox_of(
+        &self,
+        id: u64,
+        pod: &str,
+        attributed: &HashMap<u64, Attributed>,
+    ) -> Option<Identity> {
+        if pod.is_empty() {
+            return None;
+        }
+        let mut containers = attributed.iter().filter(|(other, known)| {
+            **other != id
+                && known.pod == pod
+                && known.workload
+                && known.identity.container != SANDBOX_CONTAINER
+        });
+        let first = containers.next()?;
+        let older = std::iter::once(first)
+            .chain(containers)
+            .all(|(other, _)| id < *other);
+        if !older {
+            return None;
+        }
+        self.index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sandbox(pod, SandboxEvidence::Complete)
+    }
+
+    /// Moves profiles still under a pod container's fallback identity (`Pod/<uid>/<id>`) to
+    /// where that container belongs once it is known: saved by an agent that stopped before
+    /// the pod's metadata arrived, or folded for a cgroup removed meanwhile. A restarted agent
+    /// restores them with no cgroup to re-identify, so they are matched by id: the index's
+    /// containers, a cgroup this agent attributed, or the sandbox of a pod that ended.
+    fn adopt_fallbacks(&self, store: &mut ProfileStore) -> usize {
+        let fallbacks: Vec<Identity> = store
+            .values()
+            .map(|profile| &profile.identity)
+            .filter(|identity| {
+                identity.namespace.is_empty()
+                    && identity.workload_kind == WorkloadKind::Pod
+                    && !identity.container.is_empty()
+            })
+            .cloned()
+            .collect();
+        if fallbacks.is_empty() {
+            return 0;
+        }
+        let attributed = self
+            .attributed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut moved = 0;
+        for from in fallbacks {
+            let to = index
+                .identity(&from.container)
+                .or_else(|| {
+                    attributed
+                        .values()
+                        .find(|known| known.workload && known.container == from.container)
+                        .map(|known| known.identity.clone())
+                })
+                .or_else(|| index.sandbox(&from.workload, SandboxEvidence::Terminal));
+            if let Some(to) = to {
+                debug!(%from, %to, "moving a saved fallback profile to its workload");
+                store.rename(&from, &to);
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// The workload identity of a container id from the pod index (`None` for an empty id).
@@ -505,8 +671,9 @@ impl Attribution {
     }
 
     /// Merges the profiles of cgroups whose identity changed this round into their new
-    /// identity (after the round's counts were added, so nothing is counted twice) and
-    /// forgets cgroups not counted for a long time.
+    /// identity (after the round's counts were added, so nothing is counted twice), adopts
+    /// saved fallback profiles whose container became known, and forgets cgroups not counted
+    /// for a long time. Returns how many profiles moved.
     pub fn apply_renames(&self, store: &mut ProfileStore) -> usize {
         let renames =
             std::mem::take(&mut *self.renames.lock().unwrap_or_else(PoisonError::into_inner));
@@ -514,6 +681,7 @@ impl Attribution {
             debug!(%from, %to, "pod metadata arrived: moving profile to its workload");
             store.rename(from, to);
         }
+        let adopted = self.adopt_fallbacks(store);
         let now = Instant::now();
         self.attributed
             .lock()
@@ -523,7 +691,7 @@ impl Attribution {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .prune(now);
-        renames.len()
+        renames.len() + adopted
     }
 }
 
@@ -565,11 +733,11 @@ impl Owners {
             Err(err) => {
                 let denied = matches!(&err, kube::Error::Api(status) if status.code == 403);
                 if denied && self.forbidden.insert(owner.kind.clone()) {
-                    warn!(kind = %owner.kind, error = %Report(&err),
+                    warn!(kind = %owner.kind, error = %ApiReport(&err),
                         "owner lookups are forbidden by RBAC: workloads are named by the name rules \
                          (grant get on replicasets.apps and jobs.batch, as deploy/ does)");
                 } else {
-                    debug!(kind = %owner.kind, name = %owner.name, %namespace, error = %Report(&err),
+                    debug!(kind = %owner.kind, name = %owner.name, %namespace, error = %ApiReport(&err),
                         "owner lookup failed; using name rules");
                 }
                 Lookup::Failed
@@ -639,7 +807,9 @@ pub async fn watch_pods(
                     debug!(node = %node_name, pods, "pods relisted");
                 }
             }
-            Err(err) => warn!(error = %Report(&err), "watching pods failed; retrying with backoff"),
+            Err(err) => {
+                warn!(error = %ApiReport(&err), "watching pods failed; retrying with backoff")
+            }
         }
     }
 }
@@ -998,5 +1168,145 @@ mod tests {
             "Cgroup"
         );
         assert_eq!(attribution.apply_renames(&mut store), 0);
+    }
+}
+
+#[cfg(test)]
+mod sandbox_tests {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+
+    use super::*;
+    use crate::profile::{Profile, syscalls::Arch};
+
+    const UID: &str = "8a1f0c4e-1b2c-4d3e-9f00-123456789abc";
+    const APP: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const SANDBOX: &str = "5555555555555555555555555555555555555555555555555555555555555555";
+    const RERUN: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+
+    fn job_pod(app_id: Option<&str>, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("count-x2x9q".into()),
+                namespace: Some("batch".into()),
+                uid: Some(UID.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "count".into(),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "count".into(),
+                    container_id: app_id.map(|id| format!("containerd://{id}")),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    fn workload() -> Workload {
+        Workload {
+            kind: "Job".into(),
+            name: "count".into(),
+        }
+    }
+
+    fn path(id: &str) -> String {
+        format!("/kubepods/besteffort/pod{UID}/{id}")
+    }
+
+    fn calls(store: &mut ProfileStore, identity: &Identity, n: u64) {
+        let mut deltas = vec![0u64; recorder_ebpf::SYSCALL_COLUMNS];
+        deltas[63] = n;
+        store.add_counts(
+            identity,
+            Arch::X86_64,
+            &deltas,
+            std::time::SystemTime::now(),
+        );
+    }
+
+    #[test]
+    fn api_errors_are_reported_once() {
+        let status = kube::core::Status::failure("jobs.batch \"x\" is forbidden", "Forbidden")
+            .with_code(403);
+        let err = kube::Error::Api(Box::new(status));
+        assert_eq!(
+            ApiReport(&err).to_string(),
+            "403 Forbidden: jobs.batch \"x\" is forbidden"
+        );
+        let io = std::io::Error::other("connection refused");
+        assert_eq!(ApiReport(&io).to_string(), "connection refused");
+    }
+
+    #[test]
+    fn a_restarted_agent_adopts_saved_fallback_profiles() {
+        // Saved by an agent that stopped before the pod's metadata arrived.
+        let mut store = ProfileStore::new();
+        let app_fallback = Identity::new("", "Pod", UID, APP);
+        let sandbox_fallback = Identity::new("", "Pod", UID, SANDBOX);
+        calls(&mut store, &app_fallback, 50);
+        calls(&mut store, &sandbox_fallback, 7);
+
+        let index = Arc::new(Mutex::new(PodIndex::new()));
+        let attribution = Attribution::new(Arc::clone(&index));
+        assert_eq!(attribution.apply_renames(&mut store), 0, "no pod known yet");
+        index
+            .lock()
+            .expect("lock")
+            .upsert(PodEntry::new(&job_pod(Some(APP), "Running"), workload()));
+        assert_eq!(attribution.apply_renames(&mut store), 1);
+        let app = Identity::new("batch", "Job", "count", "count");
+        assert_eq!(store.get(&app).map(Profile::total_calls), Some(50));
+        assert!(
+            store.get(&sandbox_fallback).is_some(),
+            "a running pod's unlisted id may be a run its status does not show yet"
+        );
+        index
+            .lock()
+            .expect("lock")
+            .upsert(PodEntry::new(&job_pod(Some(APP), "Succeeded"), workload()));
+        assert_eq!(attribution.apply_renames(&mut store), 1);
+        let sandbox = Identity::new("batch", "Job", "count", SANDBOX_CONTAINER);
+        assert_eq!(store.get(&sandbox).map(Profile::total_calls), Some(7));
+        assert_eq!(store.len(), 2, "nothing left under a fallback identity");
+        assert_eq!(attribution.apply_renames(&mut store), 0);
+    }
+
+    #[test]
+    fn the_sandbox_is_the_pods_oldest_unlisted_cgroup() {
+        let index = Arc::new(Mutex::new(PodIndex::new()));
+        let attribution = Attribution::new(Arc::clone(&index));
+        let mut store = ProfileStore::new();
+        // The sandbox (cgroup 10) runs before the container has an id: a fallback.
+        index
+            .lock()
+            .expect("lock")
+            .upsert(PodEntry::new(&job_pod(None, "Pending"), workload()));
+        let early = attribution.identify(10, Some(&path(SANDBOX)));
+        assert_eq!(early, Identity::new("", "Pod", UID, SANDBOX));
+        calls(&mut store, &early, 3);
+        index
+            .lock()
+            .expect("lock")
+            .upsert(PodEntry::new(&job_pod(Some(APP), "Running"), workload()));
+        let app = Identity::new("batch", "Job", "count", "count");
+        assert_eq!(attribution.identify(11, Some(&path(APP))), app);
+        let sandbox = Identity::new("batch", "Job", "count", SANDBOX_CONTAINER);
+        assert_eq!(attribution.identify(10, Some(&path(SANDBOX))), sandbox);
+        assert_eq!(attribution.apply_renames(&mut store), 1);
+        assert_eq!(store.get(&sandbox).map(Profile::total_calls), Some(3));
+        // A new run of the container (younger than the listed one) is not the sandbox, even
+        // though the pod looks complete: it waits for its status.
+        assert_eq!(
+            attribution.identify(12, Some(&path(RERUN))),
+            Identity::new("", "Pod", UID, RERUN)
+        );
     }
 }
