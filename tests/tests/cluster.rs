@@ -417,13 +417,19 @@ spec:
     for _ in 0..5 {
         http_get(webs[1], "/passwd")?;
     }
+    // Each workload's pod sandboxes (the runtime's pause containers) are counted apart, under
+    // `(sandbox)`, not as a pod of their own.
     let want: BTreeSet<(String, String, String)> = [
         ("CronJob", "tick", "job"),
+        ("CronJob", "tick", "(sandbox)"),
         ("Deployment", "web", "ephemeral:dbg"),
         ("Deployment", "web", "web"),
+        ("Deployment", "web", "(sandbox)"),
         ("Pod", "withinit", "main"),
         ("Pod", "withinit", "setup"),
+        ("Pod", "withinit", "(sandbox)"),
         ("StatefulSet", "db", "db"),
+        ("StatefulSet", "db", "(sandbox)"),
     ]
     .into_iter()
     .map(|(k, w, c)| (k.into(), w.into(), c.into()))
@@ -1161,8 +1167,11 @@ spec:
     ))?;
     let want: BTreeSet<(String, String, String)> = [
         ("CronJob", "plain", "c"),
+        ("CronJob", "plain", "(sandbox)"),
         ("Deployment", "rbweb", "c"),
+        ("Deployment", "rbweb", "(sandbox)"),
         ("Deployment", "solo", "c"),
+        ("Deployment", "solo", "(sandbox)"),
     ]
     .into_iter()
     .map(|(k, w, c)| (k.into(), w.into(), c.into()))

@@ -705,8 +705,8 @@ struct CachedLookup {
 struct Owners {
     client: Client,
     cache: HashMap<(String, String, String), CachedLookup>,
-    /// Owner kinds whose gets RBAC denied, warned about once each: a denial holds for every
-    /// pod, so one line says it; the rest go to debug.
+    /// Owner kinds whose gets RBAC denies, warned about once per denial: it holds for every
+    /// pod, so one line says it and the rest go to debug, until a get of the kind succeeds.
     forbidden: HashSet<String>,
 }
 
@@ -729,7 +729,13 @@ impl Owners {
                 .map(|job| controller_of(&job.metadata)),
         };
         let result = match result {
-            Ok(parent) => Lookup::Found(parent),
+            Ok(parent) => {
+                // Allowed again (RBAC fixed): a later denial is warned about again.
+                if self.forbidden.remove(&owner.kind) {
+                    info!(kind = %owner.kind, "owner lookups are allowed again");
+                }
+                Lookup::Found(parent)
+            }
             Err(err) => {
                 let denied = matches!(&err, kube::Error::Api(status) if status.code == 403);
                 if denied && self.forbidden.insert(owner.kind.clone()) {
