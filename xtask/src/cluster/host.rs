@@ -59,7 +59,7 @@ fn mount_fields(path: &str, fstype: &str) -> Option<Vec<String>> {
             (fields.get(4) == Some(&path) && sep.and_then(|i| fields.get(i + 1)) == Some(&fstype))
                 .then(|| fields.iter().map(|f| (*f).to_owned()).collect())
         })
-        .last()
+        .next_back()
 }
 
 /// Whether a file system of `fstype` is mounted at `path`.
