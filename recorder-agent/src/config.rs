@@ -7,12 +7,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::export::Format;
 
 /// The Kubernetes API calls the agent makes in Kubernetes mode: (API group, resource, verbs).
-/// It watches the pods of its node and resolves controller owners with single GETs. The
-/// deploy manifests' ClusterRole is tested against this list.
+/// It watches the pods of its node, resolves controller owners with single GETs, and publishes
+/// its contribution to SyscallProfile objects (read, create, status update). The deploy
+/// manifests' ClusterRole is tested against this list.
 pub const KUBERNETES_API_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["list", "watch"]),
     ("apps", "replicasets", &["get"]),
     ("batch", "jobs", &["get"]),
+    ("syscall-recorder.io", "syscallprofiles", &["get", "create"]),
+    ("syscall-recorder.io", "syscallprofiles/status", &["update"]),
 ];
 
 /// Default HTTP listen address: loopback only unless told otherwise.
@@ -235,6 +238,13 @@ pub struct RunArgs {
     /// Kubeconfig file (default: in-cluster service account, else KUBECONFIG / ~/.kube/config).
     #[arg(long, env = "RECORDER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// In Kubernetes mode, publish this node's contribution to each workload container's
+    /// SyscallProfile object (`--publish=false` keeps profiles on the node).
+    #[arg(long, env = "RECORDER_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub publish: bool,
+    /// Time between publishing passes (each writes only what changed).
+    #[arg(long, env = "RECORDER_PUBLISH_INTERVAL", default_value = "10s", value_parser = parse_interval)]
+    pub publish_interval: Duration,
 }
 
 /// `recorder-agent record`.

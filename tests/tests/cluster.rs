@@ -116,6 +116,17 @@ impl AgentAccess {
         profiles(&self.forward.url())
     }
 
+    /// `GET /api/v1/status`.
+    fn status(&self) -> anyhow::Result<Value> {
+        let addr: SocketAddr = self
+            .forward
+            .url()
+            .trim_start_matches("http://")
+            .parse()
+            .context("port-forward address")?;
+        Ok(get_json(addr, "/api/v1/status")?.1)
+    }
+
     /// Polls the profiles until `check` accepts them (90 s).
     fn wait<T>(
         &self,
@@ -1187,16 +1198,170 @@ spec:
         .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
         .count();
     eprintln!("Forbidden lines in the agent's log under the reduced role: {forbidden}");
-    assert!(
-        (1..=2).contains(&forbidden),
-        "want one Forbidden warning per denied kind (ReplicaSet, Job), got {forbidden} lines:\n{new}"
-    );
     for kind in ["ReplicaSet", "Job"] {
-        assert!(
+        assert_eq!(
             new.lines()
-                .any(|l| l.contains("forbidden by RBAC") && l.contains(kind)),
-            "no warning names the denied {kind} gets:\n{new}"
+                .filter(|l| l.contains("forbidden by RBAC") && l.contains(&format!("kind={kind} ")))
+                .count(),
+            1,
+            "one warning names the denied {kind} gets:\n{new}"
         );
     }
+    // Publishing is denied too (no SyscallProfile grants): said once, and the agent is not
+    // Ready until it works again.
+    assert_eq!(
+        new.lines()
+            .filter(|l| l.contains("publishing SyscallProfiles stopped"))
+            .count(),
+        1,
+        "one error line says publishing is denied:\n{new}"
+    );
+    assert_eq!(forbidden, 3, "no other Forbidden line:\n{new}");
+    cluster.wait_for("the agent pod NotReady", Duration::from_secs(60), || {
+        let pod = cluster.json(&["get", "pod", "-n", AGENT_NAMESPACE, &agent.pod])?;
+        Ok((!tests::cluster::is_ready(&pod)).then_some(()))
+    })?;
+    let status = agent.status()?;
+    assert!(
+        status["publish"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("403")),
+        "{status}"
+    );
+    drop(_restore);
+    cluster.wait_for("the agent pod Ready again", Duration::from_secs(90), || {
+        let pod = cluster.json(&["get", "pod", "-n", AGENT_NAMESPACE, &agent.pod])?;
+        Ok(tests::cluster::is_ready(&pod).then_some(()))
+    })?;
+    Ok(())
+}
+
+/// The workload's SyscallProfile object: the one of deployment.busy.busy in `namespace`.
+fn syscall_profile(cluster: &Cluster, namespace: &str, name: &str) -> anyhow::Result<Value> {
+    cluster.json(&["get", "syscallprofiles", "-n", namespace, name])
+}
+
+/// #13 (first part): the agent publishes its node's contribution to one SyscallProfile per
+/// workload container (deploy/'s CRD and RBAC), with the merge, printer columns, and no write
+/// while the workload makes no new syscall.
+#[test]
+fn workload_profiles_are_published_as_syscall_profiles() -> anyhow::Result<()> {
+    let _lock = cluster_lock();
+    let Some(cluster) = Cluster::get() else {
+        return Ok(());
+    };
+    let agent = AgentAccess::new(&cluster)?;
+    let ns = cluster.namespace("ct-publish")?;
+    ns.apply(&format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: busy
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: busy}}
+  template:
+    metadata:
+      labels: {{app: busy}}
+    spec:
+      {defaults}
+      containers:
+      {busy}
+",
+        defaults = pod_defaults(),
+        busy = container(
+            "busy",
+            &["sh", "-c", "while true; do uname >/dev/null; sleep 1; done"]
+        ),
+    ))?;
+    let node = cluster.json(&["get", "nodes"])?["items"][0]["metadata"]["name"]
+        .as_str()
+        .context("node name")?
+        .to_owned();
+    let object = cluster.wait_for(
+        "the busy Deployment's SyscallProfile with uname",
+        Duration::from_secs(90),
+        || {
+            let Ok(object) = syscall_profile(&cluster, &ns.name, "deployment.busy.busy") else {
+                return Ok(None);
+            };
+            let has_uname = object["status"]["architectures"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|arch| {
+                    arch["syscalls"]
+                        .as_array()
+                        .is_some_and(|names| names.iter().any(|n| n == "uname"))
+                });
+            Ok(has_uname.then_some(object))
+        },
+    )?;
+    assert_eq!(object["spec"]["workload"]["kind"], "Deployment", "{object}");
+    assert_eq!(object["spec"]["workload"]["name"], "busy");
+    assert_eq!(object["spec"]["container"], "busy");
+    assert_eq!(object["spec"]["mode"], "Learning", "the CRD's default");
+    let status = &object["status"];
+    assert_eq!(status["nodeCount"], 1, "{status}");
+    assert_eq!(status["nodes"][0]["node"], node.as_str());
+    assert_eq!(status["nodes"][0]["arch"], "x86_64");
+    let merged = status["architectures"][0]["syscalls"]
+        .as_array()
+        .context("merged names")?
+        .len();
+    assert_eq!(status["syscallCount"].as_u64(), Some(merged as u64));
+    // Only workload containers are published: no sandbox, no host cgroup, no other object.
+    let names: Vec<String> = cluster.json(&["get", "syscallprofiles", "-n", &ns.name])?["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["deployment.busy.busy"]);
+    let table = cluster.kubectl(&["get", "sysprof", "-n", &ns.name])?;
+    for column in [
+        "KIND",
+        "WORKLOAD",
+        "CONTAINER",
+        "SYSCALLS",
+        "NODES",
+        "MODE",
+        "STABLE",
+        "LAST NEW",
+    ] {
+        assert!(table.contains(column), "printer column {column}:\n{table}");
+    }
+
+    // Steady state: the loop makes the same calls; once the set settled, passes write nothing.
+    let passes = |status: &Value| status["publish"]["passes"].as_u64().unwrap_or(0);
+    let settled = cluster.wait_for(
+        "the published set to settle",
+        Duration::from_secs(90),
+        || {
+            let before = syscall_profile(&cluster, &ns.name, "deployment.busy.busy")?;
+            let start = passes(&agent.status()?);
+            wait_for("a publishing pass", Duration::from_secs(30), &mut || {
+                Ok((passes(&agent.status()?) > start).then_some(()))
+            })?;
+            let after = syscall_profile(&cluster, &ns.name, "deployment.busy.busy")?;
+            Ok(
+                (before["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"])
+                    .then_some(after),
+            )
+        },
+    )?;
+    let version = settled["metadata"]["resourceVersion"].clone();
+    let start = passes(&agent.status()?);
+    wait_for(
+        "two more publishing passes",
+        Duration::from_secs(60),
+        &mut || Ok((passes(&agent.status()?) >= start + 2).then_some(())),
+    )?;
+    let after = syscall_profile(&cluster, &ns.name, "deployment.busy.busy")?;
+    assert_eq!(
+        after["metadata"]["resourceVersion"], version,
+        "a pass wrote although the syscall set did not change"
+    );
     Ok(())
 }

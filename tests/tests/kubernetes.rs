@@ -109,6 +109,9 @@ fn k8s_agent(server: &FakeApiServer, interval: &str) -> anyhow::Result<Agent> {
             NODE,
             "--interval",
             interval,
+            // The fake serves pods, ReplicaSets and Jobs only; publishing SyscallProfiles is
+            // tested against the real API server (tests/tests/cluster.rs).
+            "--publish=false",
         ],
         None,
         state_dir,

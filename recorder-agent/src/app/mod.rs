@@ -5,5 +5,6 @@
 pub mod bench;
 mod cgroup_events;
 mod collection_loop;
+mod publish_loop;
 pub mod record;
 pub mod run;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
-use super::{cgroup_events, collection_loop::CollectionLoop};
+use super::{cgroup_events, collection_loop::CollectionLoop, publish_loop};
 use crate::{
     attribution::{
         cgroup::{self, Resolver},
@@ -19,7 +19,10 @@ use crate::{
     },
     collection::Collector,
     config::{KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
-    export::delivery::{self, Delivery},
+    export::{
+        delivery::{self, Delivery},
+        publish::publisher::{KubeObjects, Publisher},
+    },
     kernel::{self, LoadOptions, Recorder, SkipTask},
     profile::{
         state::{KernelSnapshot, Loaded, StateDir},
@@ -112,6 +115,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(arch, args.stable_after).with_metrics(metrics));
     let attribution = kubernetes.map(|(client, options)| {
         shared.readiness.require(Condition::PodsSynced);
+        if args.publish {
+            shared.readiness.require(Condition::Publishing);
+            let publisher = Publisher::new(
+                KubeObjects::new(client.clone()),
+                &options.node_name,
+                arch,
+                args.stable_after,
+            );
+            info!(node = %options.node_name, interval = ?args.publish_interval,
+                "publishing this node's contributions to SyscallProfile objects");
+            tokio::spawn(publish_loop::run(
+                publisher,
+                Arc::clone(&shared),
+                options.node_name.clone(),
+                args.publish_interval,
+            ));
+        }
         let index = Arc::new(std::sync::Mutex::new(kubernetes::PodIndex::new()));
         let watch_shared = Arc::clone(&shared);
         let watch_index = Arc::clone(&index);

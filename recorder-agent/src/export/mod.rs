@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod delivery;
+pub mod publish;
 pub mod seccomp;
 
 use std::{fmt, str::FromStr};

@@ -30,6 +30,9 @@ pub enum Condition {
     PodsSynced,
     /// The programs are attached and the first collection ran.
     FirstCollection,
+    /// SyscallProfiles can be published (Kubernetes mode): the API serves the resource and
+    /// RBAC allows the writes. Unmet again when a pass is denied.
+    Publishing,
 }
 
 impl Condition {
@@ -42,6 +45,9 @@ impl Condition {
             Self::FirstCollection => {
                 "not ready: programs not attached or first collection not done"
             }
+            Self::Publishing => {
+                "not ready: SyscallProfiles cannot be published (see publish.last_error in /api/v1/status)"
+            }
         }
     }
 }
@@ -51,6 +57,7 @@ impl Condition {
 pub struct Readiness {
     pods_synced: AtomicBool,
     first_collection: AtomicBool,
+    publishing: AtomicBool,
 }
 
 impl Default for Readiness {
@@ -59,6 +66,7 @@ impl Default for Readiness {
         Self {
             pods_synced: AtomicBool::new(true),
             first_collection: AtomicBool::new(false),
+            publishing: AtomicBool::new(true),
         }
     }
 }
@@ -68,6 +76,7 @@ impl Readiness {
         match condition {
             Condition::PodsSynced => &self.pods_synced,
             Condition::FirstCollection => &self.first_collection,
+            Condition::Publishing => &self.publishing,
         }
     }
 
@@ -81,11 +90,20 @@ impl Readiness {
         !self.flag(condition).swap(true, Ordering::AcqRel)
     }
 
+    /// Marks `condition` unmet again (a condition that can be lost, like publishing).
+    pub fn unmet(&self, condition: Condition) {
+        self.flag(condition).store(false, Ordering::Release);
+    }
+
     /// The first condition not met yet, if any.
     pub fn waiting_for(&self) -> Option<Condition> {
-        [Condition::PodsSynced, Condition::FirstCollection]
-            .into_iter()
-            .find(|condition| !self.flag(*condition).load(Ordering::Acquire))
+        [
+            Condition::PodsSynced,
+            Condition::FirstCollection,
+            Condition::Publishing,
+        ]
+        .into_iter()
+        .find(|condition| !self.flag(*condition).load(Ordering::Acquire))
     }
 }
 
@@ -114,6 +132,27 @@ pub struct AgentStatus {
     pub last_collection_us: u64,
     /// Collections done.
     pub collections: u64,
+    /// Publishing to SyscallProfile objects (Kubernetes mode with `--publish`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishStatus>,
+}
+
+/// What `/api/v1/status` says about publishing.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PublishStatus {
+    /// This node's name in the objects.
+    pub node: String,
+    /// Workload containers whose contribution is in place.
+    pub objects: usize,
+    /// Status writes since start.
+    pub writes: u64,
+    /// 409 Conflicts retried since start.
+    pub conflicts: u64,
+    /// Passes done.
+    pub passes: u64,
+    /// Why the last pass stopped, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl Shared {

@@ -98,6 +98,9 @@ pub struct Metrics {
     slot_exhausted: IntCounter,
     map_errors: IntCounter,
     collection_errors: IntCounter,
+    publish_writes: IntCounter,
+    publish_conflicts: IntCounter,
+    publish_errors: IntCounter,
     collection_duration: Histogram,
     bpf_stats_enabled: IntGauge,
     counters_pinned: IntGauge,
@@ -206,6 +209,18 @@ impl Metrics {
                 COLLECTION_ERRORS_TOTAL,
                 "Collection rounds that failed.",
             )?,
+            publish_writes: int_counter(
+                PUBLISH_WRITES_TOTAL,
+                "SyscallProfile status writes of this node's contributions (only when a syscall set or stability changed).",
+            )?,
+            publish_conflicts: int_counter(
+                PUBLISH_CONFLICTS_TOTAL,
+                "SyscallProfile writes refused with 409 Conflict (another node wrote first) and retried.",
+            )?,
+            publish_errors: int_counter(
+                PUBLISH_ERRORS_TOTAL,
+                "SyscallProfile writes left for the next pass, and passes stopped by the API (denied, CRD missing).",
+            )?,
             collection_duration: register(
                 r,
                 COLLECTION_DURATION_SECONDS,
@@ -289,6 +304,13 @@ impl Metrics {
             advance(&self.slot_exhausted, kernel.slot_exhausted);
             advance(&self.map_errors, kernel.map_errors);
         }
+    }
+
+    /// One publishing pass: writes, conflicts and failures.
+    pub fn record_publish(&self, writes: u64, conflicts: u64, errors: u64) {
+        self.publish_writes.inc_by(writes);
+        self.publish_conflicts.inc_by(conflicts);
+        self.publish_errors.inc_by(errors);
     }
 
     /// Whether the counters are pinned (survive an agent restart).

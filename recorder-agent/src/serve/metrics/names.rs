@@ -61,6 +61,12 @@ pub const KERNEL_MAP_ERRORS_TOTAL: &str = metric!("kernel_map_errors_total");
 pub const COLLECTION_ERRORS_TOTAL: &str = metric!("collection_errors_total");
 /// Time per collection round.
 pub const COLLECTION_DURATION_SECONDS: &str = metric!("collection_duration_seconds");
+/// SyscallProfile status writes of this node's contributions.
+pub const PUBLISH_WRITES_TOTAL: &str = metric!("publish_writes_total");
+/// SyscallProfile writes refused with 409 Conflict and retried.
+pub const PUBLISH_CONFLICTS_TOTAL: &str = metric!("publish_conflicts_total");
+/// Publishing passes or objects that failed.
+pub const PUBLISH_ERRORS_TOTAL: &str = metric!("publish_errors_total");
 /// Whether the kernel accumulates BPF run statistics.
 pub const BPF_STATS_ENABLED: &str = metric!("bpf_stats_enabled");
 /// Runs of the agent's BPF programs.
