@@ -1097,7 +1097,25 @@ fn owner_lookups_denied_by_rbac_fall_back_to_name_rules() -> anyhow::Result<()> 
     let Some(cluster) = Cluster::get() else {
         return Ok(());
     };
-    let agent = AgentAccess::new(&cluster)?;
+    // A fresh agent: what an earlier test's agent said about denials does not count here.
+    let before = cluster.deploy_agent()?;
+    cluster.kubectl(&[
+        "rollout",
+        "restart",
+        "-n",
+        AGENT_NAMESPACE,
+        &format!("daemonset/{AGENT_DAEMONSET}"),
+    ])?;
+    cluster.rollout(
+        AGENT_NAMESPACE,
+        &format!("daemonset/{AGENT_DAEMONSET}"),
+        Duration::from_secs(120),
+    )?;
+    let fresh = cluster.wait_for("the restarted agent pod", Duration::from_secs(60), || {
+        let pod = cluster.agent_pod()?;
+        Ok((pod != before).then_some(pod))
+    })?;
+    let agent = AgentAccess::to_pod(&cluster, fresh)?;
     let log_before = cluster.agent_log(&agent.pod)?;
     let _restore = RestoreRbac(&cluster);
     cluster.apply(
@@ -1191,6 +1209,12 @@ spec:
         let have: BTreeSet<_> = identities(profiles, &ns.name).into_iter().collect();
         (have == want).then_some(())
     })?;
+    // Publishing is denied too (no SyscallProfile grants): the agent is not Ready until it
+    // works again.
+    cluster.wait_for("the agent pod NotReady", Duration::from_secs(60), || {
+        let pod = cluster.json(&["get", "pod", "-n", AGENT_NAMESPACE, &agent.pod])?;
+        Ok((!tests::cluster::is_ready(&pod)).then_some(()))
+    })?;
     let log = cluster.agent_log(&agent.pod)?;
     let new = log.strip_prefix(log_before.as_str()).unwrap_or(&log);
     let forbidden = new
@@ -1207,8 +1231,7 @@ spec:
             "one warning names the denied {kind} gets:\n{new}"
         );
     }
-    // Publishing is denied too (no SyscallProfile grants): said once, and the agent is not
-    // Ready until it works again.
+    // The publishing denial is said once.
     assert_eq!(
         new.lines()
             .filter(|l| l.contains("publishing SyscallProfiles stopped"))
@@ -1217,10 +1240,6 @@ spec:
         "one error line says publishing is denied:\n{new}"
     );
     assert_eq!(forbidden, 3, "no other Forbidden line:\n{new}");
-    cluster.wait_for("the agent pod NotReady", Duration::from_secs(60), || {
-        let pod = cluster.json(&["get", "pod", "-n", AGENT_NAMESPACE, &agent.pod])?;
-        Ok((!tests::cluster::is_ready(&pod)).then_some(()))
-    })?;
     let status = agent.status()?;
     assert!(
         status["publish"]["last_error"]

@@ -18,10 +18,20 @@ use crate::profile::{Identity, Profile, syscalls::Arch};
 
 /// Attempts at one object's write before the pass gives up on it (it is retried next pass).
 const ATTEMPTS: usize = 5;
+/// First wait before a failed object is tried again; doubled per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest wait before a failed object is tried again (a namespace may come back).
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The `SyscallProfile` object.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyscallProfile {
+    /// `syscall-recorder.io/v1alpha1` (the API server refuses a body without it).
+    #[serde(rename = "apiVersion", default = "api_version")]
+    pub api_version: String,
+    /// `SyscallProfile`.
+    #[serde(default = "kind")]
+    pub kind: String,
     /// Standard object metadata.
     pub metadata: ObjectMeta,
     /// Which workload container, and the mode.
@@ -29,6 +39,14 @@ pub struct SyscallProfile {
     /// The merge and the node entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<SyscallProfileStatus>,
+}
+
+fn api_version() -> String {
+    format!("{GROUP}/{VERSION}")
+}
+
+fn kind() -> String {
+    KIND.to_owned()
 }
 
 impl Resource for SyscallProfile {
@@ -64,6 +82,9 @@ pub enum ObjectError {
     /// 403: RBAC denies the call.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// 404 for the object's namespace: the workload's namespace is gone.
+    #[error("the namespace is gone: {0}")]
+    NamespaceGone(String),
     /// 404 on the resource itself: the CRD is not installed.
     #[error("the {PLURAL}.{GROUP} resource is not served (is the CRD installed?): {0}")]
     NoResource(String),
@@ -122,6 +143,13 @@ fn classify(err: kube::Error) -> ObjectError {
             match status.code {
                 409 => ObjectError::Conflict(text),
                 403 => ObjectError::Forbidden(text),
+                404 if status
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.kind == "namespaces") =>
+                {
+                    ObjectError::NamespaceGone(text)
+                }
                 // A 404 whose details name no object is the resource path itself.
                 404 if status.details.as_ref().is_none_or(|d| d.name.is_empty()) => {
                     ObjectError::NoResource(text)
@@ -188,6 +216,7 @@ impl PassError {
             ObjectError::Forbidden(_) => "forbidden",
             ObjectError::NoResource(_) => "no-resource",
             ObjectError::Conflict(_) => "conflict",
+            ObjectError::NamespaceGone(_) => "namespace-gone",
             ObjectError::Other(_) => "other",
         }
     }
@@ -203,6 +232,9 @@ pub struct Publisher<O> {
     published: HashMap<Identity, NodeContribution>,
     /// Identities said to be unpublishable (logged once).
     rejected: HashMap<Identity, String>,
+    /// Identities whose last write failed: when to try again and the wait after that (warned
+    /// about once until a write works).
+    failing: HashMap<Identity, (SystemTime, Duration)>,
 }
 
 impl<O> std::fmt::Debug for Publisher<O> {
@@ -224,6 +256,7 @@ impl<O: ProfileObjects> Publisher<O> {
             stable_after,
             published: HashMap::new(),
             rejected: HashMap::new(),
+            failing: HashMap::new(),
         }
     }
 
@@ -250,6 +283,13 @@ impl<O: ProfileObjects> Publisher<O> {
             if !needs_write(self.published.get(identity), &mine) {
                 continue;
             }
+            if self
+                .failing
+                .get(identity)
+                .is_some_and(|(next_try, _)| now < *next_try)
+            {
+                continue;
+            }
             let name = match object_name(identity) {
                 Ok(name) => name,
                 Err(err) => {
@@ -260,12 +300,27 @@ impl<O: ProfileObjects> Publisher<O> {
                 }
             };
             match self.write(identity, &name, mine, &mut stats).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.failing.remove(identity);
+                }
                 Err(err @ (ObjectError::Forbidden(_) | ObjectError::NoResource(_))) => {
                     return Err(PassError(err));
                 }
                 Err(err) => {
-                    tracing::debug!(%identity, error = %err, "publishing a profile failed; retrying next pass");
+                    let backoff = match self.failing.get(identity) {
+                        Some((_, backoff)) => (*backoff * 2).min(MAX_BACKOFF),
+                        None => {
+                            // A gone namespace is the normal end of a workload: no warning.
+                            if matches!(err, ObjectError::NamespaceGone(_)) {
+                                tracing::debug!(%identity, error = %err, "not publishing: the namespace is gone");
+                            } else {
+                                tracing::warn!(%identity, object = %name, error = %err, "publishing a profile failed; retrying with backoff");
+                            }
+                            FIRST_BACKOFF
+                        }
+                    };
+                    self.failing
+                        .insert(identity.clone(), (now + backoff, backoff));
                     stats.failed += 1;
                 }
             }
@@ -289,6 +344,8 @@ impl<O: ProfileObjects> Publisher<O> {
                 None => match self
                     .objects
                     .create(&SyscallProfile {
+                        api_version: api_version(),
+                        kind: kind(),
                         metadata: ObjectMeta {
                             name: Some(name.to_owned()),
                             namespace: Some(namespace.to_owned()),
