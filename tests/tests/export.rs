@@ -360,10 +360,12 @@ fn diff_and_merge_real_files(files: &[PathBuf], out: &Path) {
 
 fn other_formats_and_listing(agent: &Agent, server: &str, out: &Path) {
     let profiles = agent.profiles().expect("profiles");
+    // A workload's profile (it ran a command), not the one of a container that its profile
+    // stopped before exec: uids sort at random, so "the first pod profile" is either.
     let pod = profiles
         .iter()
-        .find(|p| p["workload_kind"] == "Pod")
-        .expect("a pod profile");
+        .find(|p| p["workload_kind"] == "Pod" && count(p, "execve") >= 1)
+        .expect("a pod profile with execve");
     let selector = format!(
         "_/Pod/{}/{}",
         pod["workload"].as_str().expect("uid"),
