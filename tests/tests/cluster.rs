@@ -966,10 +966,18 @@ scrape_configs:
         },
     )
     .with_context(|| {
+        // A workload beyond --max-series is folded into workload="(folded)": say so.
+        let folded = prometheus
+            .vector("syscall_recorder_metrics_folded_workloads")
+            .map(|v| serde_json::to_string(&v).unwrap_or_default())
+            .unwrap_or_default();
         let targets = get_json(addr, "/api/v1/targets")
             .map(|(_, t)| t.to_string())
             .unwrap_or_default();
-        format!("targets: {targets}\nlog: {}", prometheus.log())
+        format!(
+            "folded workloads: {folded}\ntargets: {targets}\nlog: {}",
+            prometheus.log()
+        )
     })?;
     assert_eq!(series.len(), 1, "{series:?}");
     let labels = &series[0]["metric"];

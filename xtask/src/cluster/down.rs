@@ -1,7 +1,9 @@
 //! `cargo xtask cluster down`: every pod, container, process, mount, cgroup, network device and
 //! iptables rule the cluster made goes, then the result is checked. Kept: the binaries, PKI,
 //! configs, logs, containerd's image store (a warm `up` imports nothing) and
-//! `/var/lib/kubelet/seccomp` (the agent's output).
+//! `/var/lib/kubelet/seccomp` (the agent's output). The test agent's state and pins (deploy/'s
+//! hostPath `/var/lib/syscall-recorder` and `/sys/fs/bpf/syscall-recorder`) go: the workloads
+//! they name died with etcd's data, and pinned programs would go on counting the host.
 
 use std::{
     fs,
@@ -14,6 +16,11 @@ use std::{
 use anyhow::bail;
 
 use super::{BRIDGE, KUBELET_ROOT, Layout, config, host, procs};
+
+/// deploy/base's hostPath for the agent's state.
+const AGENT_STATE: &str = "/var/lib/syscall-recorder";
+/// Where deploy/base's agent pins its maps and programs (`--bpffs /sys/fs/bpf`).
+const AGENT_PINS: &str = "/sys/fs/bpf/syscall-recorder";
 
 const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
@@ -130,8 +137,17 @@ pub fn run(layout: &Layout) -> anyhow::Result<()> {
     }
     host::undo(layout)?;
 
-    // 6. State: etcd's data, containerd's state, the kubelet's root (but its seccomp profiles).
+    // 6. State: etcd's data, containerd's state, the kubelet's root (but its seccomp profiles),
+    // the test agent's state and pins.
     remove_kubelet_root();
+    for dir in [AGENT_STATE, AGENT_PINS] {
+        if Path::new(dir).exists() {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => eprintln!("cluster: removed {dir} (the test agent's)"),
+                Err(err) => eprintln!("cluster: could not remove {dir}: {err}"),
+            }
+        }
+    }
     for dir in host::CREATED_DIRS {
         if Path::new(dir).exists() && host::created_by_up(layout, dir) {
             // Network namespaces of others may live in /run/netns: only an empty one goes.
