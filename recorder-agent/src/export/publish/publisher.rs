@@ -425,6 +425,8 @@ mod tests {
         conflicts_to_inject: Arc<AtomicUsize>,
         writes: Arc<AtomicUsize>,
         forbid: Arc<Mutex<bool>>,
+        /// Calls made (any kind).
+        calls: Arc<AtomicUsize>,
     }
 
     impl Fake {
@@ -454,8 +456,14 @@ mod tests {
             namespace: &str,
             name: &str,
         ) -> Result<Option<SyscallProfile>, ObjectError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
             if *self.forbid.lock().expect("lock") {
                 return Err(ObjectError::Forbidden("403 Forbidden: test".into()));
+            }
+            if namespace == "gone" {
+                return Err(ObjectError::NamespaceGone(
+                    "404 NotFound: namespaces \"gone\"".into(),
+                ));
             }
             Ok(self
                 .objects
@@ -637,6 +645,61 @@ mod tests {
         assert_eq!(stats, PassStats::default());
         assert_eq!(restarted.published(), 1);
         assert_eq!(fake.writes.load(Ordering::SeqCst), writes);
+    }
+
+    #[tokio::test]
+    async fn failed_objects_back_off_and_do_not_stop_the_others() {
+        let fake = Fake::default();
+        let mut publisher = Publisher::new(
+            fake.clone(),
+            "node-a",
+            Arch::X86_64,
+            Duration::from_secs(600),
+        );
+        let profiles = [
+            profile(
+                Identity::new("gone", "Deployment", "old", "app"),
+                &["read"],
+                1,
+            ),
+            profile(web(), &["read"], 1),
+        ];
+        let stats = publisher.pass(&profiles, at(0)).await.expect("pass");
+        assert_eq!((stats.failed, stats.writes), (1, 1), "{stats:?}");
+        // Within the first backoff (10 s) the failed object is not tried at all.
+        let calls = fake.calls.load(Ordering::SeqCst);
+        let stats = publisher.pass(&profiles, at(5)).await.expect("pass");
+        assert_eq!(stats, PassStats::default());
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            calls,
+            "no call while backing off"
+        );
+        // Then again, and the wait doubles: nothing at +11 + 15 s, a try at +11 + 21 s.
+        assert_eq!(
+            publisher
+                .pass(&profiles, at(11))
+                .await
+                .expect("pass")
+                .failed,
+            1
+        );
+        assert_eq!(
+            publisher
+                .pass(&profiles, at(26))
+                .await
+                .expect("pass")
+                .failed,
+            0
+        );
+        assert_eq!(
+            publisher
+                .pass(&profiles, at(32))
+                .await
+                .expect("pass")
+                .failed,
+            1
+        );
     }
 
     #[tokio::test]
