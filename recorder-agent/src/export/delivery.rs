@@ -18,7 +18,7 @@ use std::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    attribution::kubernetes::{EPHEMERAL_PREFIX, SANDBOX_CONTAINER},
+    attribution::kubernetes::counted_apart,
     export::Format,
     export::seccomp,
     profile::state::{self, StateError},
@@ -207,9 +207,7 @@ impl Delivery {
         // Host cgroups are no container's profile: kubelet never asks for them. Nor does a pod
         // spec name a sandbox or a debugging session (ephemeral container) as a container
         // whose profile it enforces.
-        let apart = identity.container == SANDBOX_CONTAINER
-            || identity.container.starts_with(EPHEMERAL_PREFIX);
-        let deliverable = !apart
+        let deliverable = !counted_apart(&identity.container)
             && match identity.workload_kind {
                 WorkloadKind::Cgroup => false,
                 WorkloadKind::Kubernetes(_)
@@ -404,7 +402,7 @@ mod tests {
         // Counted apart, never enforced: a pod's sandbox and a debugging session.
         add(
             &store,
-            &Identity::new("shop", "Deployment", "web", SANDBOX_CONTAINER),
+            &Identity::new("shop", "Deployment", "web", "(sandbox)"),
             &[0],
             1,
         );

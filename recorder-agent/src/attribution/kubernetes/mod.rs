@@ -62,6 +62,13 @@ pub const EPHEMERAL_PREFIX: &str = "ephemeral:";
 /// a container name, and the name is never delivered as a seccomp file).
 pub const SANDBOX_CONTAINER: &str = "(sandbox)";
 
+/// Whether a container name is one counted apart from the workload's own containers (a pod's
+/// sandbox, a debugging session): no pod spec enforces a profile for it, so it is neither
+/// delivered nor published.
+pub fn counted_apart(container: &str) -> bool {
+    container == SANDBOX_CONTAINER || container.starts_with(EPHEMERAL_PREFIX)
+}
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum K8sError {
@@ -377,6 +384,8 @@ fn status_ids(status: &ContainerStatus) -> impl Iterator<Item = String> {
 pub struct PodIndex {
     pods: HashMap<String, (PodEntry, Option<Instant>)>,
     containers: HashMap<String, (String, String, ContainerClass)>,
+    /// Bumped by every change a fallback profile could be adopted after.
+    generation: u64,
 }
 
 impl PodIndex {
@@ -387,6 +396,7 @@ impl PodIndex {
 
     /// Adds or replaces a pod (ids of earlier runs it no longer lists stay until it goes).
     pub fn upsert(&mut self, entry: PodEntry) {
+        self.generation += 1;
         for (id, name, class) in &entry.containers {
             self.containers
                 .insert(id.clone(), (entry.uid.clone(), name.clone(), *class));
@@ -501,6 +511,9 @@ pub struct Attribution {
     index: Arc<Mutex<PodIndex>>,
     attributed: Mutex<HashMap<u64, Attributed>>,
     renames: Mutex<Vec<(Identity, Identity)>>,
+    /// The index generation the store was last searched for fallback profiles at (`None`:
+    /// never, so saved ones are adopted on the first round).
+    adopted_at: Mutex<Option<u64>>,
 }
 
 impl Attribution {
@@ -510,6 +523,7 @@ impl Attribution {
             index,
             attributed: Mutex::new(HashMap::new()),
             renames: Mutex::new(Vec::new()),
+            adopted_at: Mutex::new(None),
         }
     }
 
@@ -526,23 +540,19 @@ impl Attribution {
             .unwrap_or_else(PoisonError::into_inner);
         // Known cgroups are answered from what is stored; only one that waits for its pod
         // asks the index again.
-        if let Some(known) = attributed.get_mut(&id) {
-            known.seen = now;
+        // `Some(found)` for a known cgroup; `found` is its workload when it waits for its pod and
+        // the pod (or its sandbox rule) now names it.
+        let found = attributed.get(&id).map(|known| {
             if known.workload || known.container.is_empty() {
-                return known.identity.clone();
+                return None;
             }
-            let container = known.container.clone();
-            let pod = known.pod.clone();
-            let Some(identity) = self
-                .workload_of(&container)
-                .or_else(|| self.sandbox_of(id, &pod, &attributed))
-            else {
-                return attributed
-                    .get(&id)
-                    .map_or_else(Identity::unresolved, |known| known.identity.clone());
-            };
-            let Some(known) = attributed.get_mut(&id) else {
-                return identity;
+            self.workload_of(&known.container)
+                .or_else(|| self.sandbox_of(id, &known.pod, &attributed))
+        });
+        if let (Some(found), Some(known)) = (found, attributed.get_mut(&id)) {
+            known.seen = now;
+            let Some(identity) = found else {
+                return known.identity.clone();
             };
             let previous = std::mem::replace(&mut known.identity, identity.clone());
             known.workload = true;
@@ -681,7 +691,24 @@ impl Attribution {
             debug!(%from, %to, "pod metadata arrived: moving profile to its workload");
             store.rename(from, to);
         }
-        let adopted = self.adopt_fallbacks(store);
+        // The store is searched only when something could have made a fallback adoptable: the
+        // first round (saved profiles), a change of the index, or renames (a cgroup attributed).
+        let generation = self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation;
+        let mut adopted_at = self
+            .adopted_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let adopted = if *adopted_at != Some(generation) || !renames.is_empty() {
+            *adopted_at = Some(generation);
+            self.adopt_fallbacks(store)
+        } else {
+            0
+        };
+        drop(adopted_at);
         let now = Instant::now();
         self.attributed
             .lock()

@@ -20,7 +20,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attribution::kubernetes::{EPHEMERAL_PREFIX, SANDBOX_CONTAINER},
+    attribution::kubernetes::counted_apart,
     profile::{Identity, Profile, WorkloadKind, syscalls::Arch},
 };
 
@@ -171,8 +171,7 @@ pub fn publishable(identity: &Identity) -> bool {
     matches!(identity.workload_kind, WorkloadKind::Kubernetes(_))
         && !identity.namespace.is_empty()
         && !identity.container.is_empty()
-        && identity.container != SANDBOX_CONTAINER
-        && !identity.container.starts_with(EPHEMERAL_PREFIX)
+        && !counted_apart(&identity.container)
 }
 
 /// The object name of a workload container: `<kind>.<workload>.<container>`, lowercase. Kind
@@ -385,7 +384,7 @@ mod tests {
             Ok("statefulset.db-0x.init-db".to_owned())
         );
         for bad in [
-            id("shop", "Deployment", "web", SANDBOX_CONTAINER),
+            id("shop", "Deployment", "web", "(sandbox)"),
             id("shop", "Deployment", "web", "ephemeral:dbg"),
             id("", "Cgroup", "system.slice/cron.service", ""),
             id("", "Pod", "8a1f0c4e-1b2c-4d3e-9f00-123456789abc", "abc"),
