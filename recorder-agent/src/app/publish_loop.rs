@@ -24,7 +24,7 @@ pub async fn run<O: ProfileObjects + Send>(
     node: String,
     interval: Duration,
 ) {
-    let mut said: Option<&'static str> = None;
+    let mut said = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = PublishStatus {

@@ -461,7 +461,8 @@ impl PodIndex {
 /// An error of the Kubernetes client on one line: like `crate::report::Report`, but an API status is
 /// printed once as `<code> <reason>: <message>` (kube's own message repeats it with a debug
 /// dump of the status).
-struct ApiReport<'a>(&'a (dyn std::error::Error + 'static));
+#[derive(Clone, Copy, Debug)]
+pub struct ApiReport<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ApiReport<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

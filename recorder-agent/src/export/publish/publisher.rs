@@ -14,7 +14,10 @@ use super::{
     GROUP, KIND, NodeContribution, PLURAL, PublishError, SyscallProfileSpec, SyscallProfileStatus,
     VERSION, contribution, merge_into, needs_write, object_name, publishable, spec_of,
 };
-use crate::profile::{Identity, Profile, syscalls::Arch};
+use crate::{
+    attribution::kubernetes::ApiReport,
+    profile::{Identity, Profile, syscalls::Arch},
+};
 
 /// Attempts at one object's write before the pass gives up on it (it is retried next pass).
 const ATTEMPTS: usize = 5;
@@ -137,9 +140,9 @@ impl KubeObjects {
 }
 
 fn classify(err: kube::Error) -> ObjectError {
+    let text = ApiReport(&err).to_string();
     match &err {
         kube::Error::Api(status) => {
-            let text = format!("{} {}: {}", status.code, status.reason, status.message);
             match status.code {
                 409 => ObjectError::Conflict(text),
                 403 => ObjectError::Forbidden(text),
@@ -157,7 +160,7 @@ fn classify(err: kube::Error) -> ObjectError {
                 _ => ObjectError::Other(text),
             }
         }
-        _ => ObjectError::Other(crate::report::Report(&err).to_string()),
+        _ => ObjectError::Other(text),
     }
 }
 
@@ -211,14 +214,8 @@ pub struct PassError(#[source] pub ObjectError);
 impl PassError {
     /// The cause without the object it happened on: the same cause on another object is
     /// the same news.
-    pub fn cause(&self) -> &'static str {
-        match self.0 {
-            ObjectError::Forbidden(_) => "forbidden",
-            ObjectError::NoResource(_) => "no-resource",
-            ObjectError::Conflict(_) => "conflict",
-            ObjectError::NamespaceGone(_) => "namespace-gone",
-            ObjectError::Other(_) => "other",
-        }
+    pub fn cause(&self) -> std::mem::Discriminant<ObjectError> {
+        std::mem::discriminant(&self.0)
     }
 }
 
@@ -231,7 +228,7 @@ pub struct Publisher<O> {
     /// What this agent wrote or found in place, per identity.
     published: HashMap<Identity, NodeContribution>,
     /// Identities said to be unpublishable (logged once).
-    rejected: HashMap<Identity, String>,
+    rejected: std::collections::HashSet<Identity>,
     /// Identities whose last write failed: when to try again and the wait after that (warned
     /// about once until a write works).
     failing: HashMap<Identity, (SystemTime, Duration)>,
@@ -255,7 +252,7 @@ impl<O: ProfileObjects> Publisher<O> {
             arch,
             stable_after,
             published: HashMap::new(),
-            rejected: HashMap::new(),
+            rejected: std::collections::HashSet::new(),
             failing: HashMap::new(),
         }
     }
@@ -276,7 +273,7 @@ impl<O: ProfileObjects> Publisher<O> {
         let mut stats = PassStats::default();
         for profile in profiles {
             let identity = &profile.identity;
-            if !publishable(identity) || self.rejected.contains_key(identity) {
+            if !publishable(identity) || self.rejected.contains(identity) {
                 continue;
             }
             let mine = contribution(profile, &self.node, self.arch, now, self.stable_after);
@@ -294,7 +291,7 @@ impl<O: ProfileObjects> Publisher<O> {
                 Ok(name) => name,
                 Err(err) => {
                     tracing::warn!(error = %err, "not publishing a profile");
-                    self.rejected.insert(identity.clone(), err.to_string());
+                    self.rejected.insert(identity.clone());
                     stats.rejected += 1;
                     continue;
                 }
