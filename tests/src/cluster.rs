@@ -108,43 +108,42 @@ impl Cluster {
 
     /// Runs kubectl to completion: its stdout, or an error with its stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = self
-            .command()
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", self.kubectl.display()))?;
-        if !output.status.success() {
-            bail!(
-                "kubectl {}: {}: {}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        self.run_kubectl(args, None)
     }
 
     /// kubectl with `input` on stdin.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
+        self.run_kubectl(args, Some(input))
+    }
+
+    fn run_kubectl(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
         let mut child = self
             .command()
             .args(args)
-            .stdin(Stdio::piped())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
+            .spawn()
+            .with_context(|| format!("running {}", self.kubectl.display()))?;
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(input.as_bytes())?;
+        }
         let output = child.wait_with_output()?;
         if !output.status.success() {
             bail!(
-                "kubectl {}: {}: {}\ninput:\n{input}",
+                "kubectl {}: {}: {}{}",
                 args.join(" "),
                 output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
+                String::from_utf8_lossy(&output.stderr).trim(),
+                input.map_or_else(String::new, |input| format!("\ninput:\n{input}"))
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())

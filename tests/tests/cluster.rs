@@ -65,6 +65,33 @@ spec:
     )
 }
 
+/// A Deployment `busy` whose container `busy` calls uname once a second.
+fn busy_deployment() -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: busy
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: busy}}
+  template:
+    metadata:
+      labels: {{app: busy}}
+    spec:
+      {defaults}
+      containers:
+      {busy}
+",
+        defaults = pod_defaults(),
+        busy = container(
+            "busy",
+            &["sh", "-c", "while true; do uname >/dev/null; sleep 1; done"]
+        ),
+    )
+}
+
 /// An HTTP/1.0 GET to `addr`: the whole answer.
 fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -874,29 +901,7 @@ fn prometheus_discovers_the_agent_pod_and_scrapes_workload_series() -> anyhow::R
     };
     let agent = AgentAccess::new(&cluster)?;
     let ns = cluster.namespace("ct-metrics")?;
-    ns.apply(&format!(
-        "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: busy
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: busy}}
-  template:
-    metadata:
-      labels: {{app: busy}}
-    spec:
-      {defaults}
-      containers:
-      {busy}
-",
-        defaults = pod_defaults(),
-        busy = container(
-            "busy",
-            &["sh", "-c", "while true; do uname >/dev/null; sleep 1; done"]
-        ),
-    ))?;
+    ns.apply(&busy_deployment())?;
     agent.wait("the busy Deployment's profile", |p| {
         find(p, &ns.name, "Deployment", "busy", "busy")
             .filter(|p| count(p, "uname") > 0)
@@ -1279,29 +1284,7 @@ fn workload_profiles_are_published_as_syscall_profiles() -> anyhow::Result<()> {
     };
     let agent = AgentAccess::new(&cluster)?;
     let ns = cluster.namespace("ct-publish")?;
-    ns.apply(&format!(
-        "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: busy
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: busy}}
-  template:
-    metadata:
-      labels: {{app: busy}}
-    spec:
-      {defaults}
-      containers:
-      {busy}
-",
-        defaults = pod_defaults(),
-        busy = container(
-            "busy",
-            &["sh", "-c", "while true; do uname >/dev/null; sleep 1; done"]
-        ),
-    ))?;
+    ns.apply(&busy_deployment())?;
     let node = cluster.json(&["get", "nodes"])?["items"][0]["metadata"]["name"]
         .as_str()
         .context("node name")?

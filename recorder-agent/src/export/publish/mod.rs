@@ -357,7 +357,8 @@ pub fn recompute(status: &mut SyscallProfileStatus) -> Vec<PublishError> {
 mod tests {
     use super::*;
 
-    fn at(seconds: u64) -> SystemTime {
+    /// A fixed instant `seconds` after a round base (also for the publisher's tests).
+    pub(super) fn at(seconds: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
     }
 

@@ -411,7 +411,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::export::publish::decode_syscalls;
+    use crate::export::publish::{decode_syscalls, tests::at};
 
     /// An API server in memory: objects by (namespace, name) with a resourceVersion, a
     /// conflict injected on demand, and a count of writes.
@@ -521,10 +521,6 @@ mod tests {
             self.writes.fetch_add(1, Ordering::SeqCst);
             Ok(stored.clone())
         }
-    }
-
-    fn at(seconds: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
     }
 
     fn profile(identity: Identity, names: &[&str], calls: u64) -> Profile {
