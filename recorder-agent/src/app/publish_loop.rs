@@ -8,7 +8,10 @@ use std::{sync::Arc, time::Duration, time::SystemTime};
 use tracing::{error, info};
 
 use crate::{
-    export::publish::publisher::{ProfileObjects, Publisher},
+    export::publish::{
+        publishable,
+        publisher::{ProfileObjects, Publisher},
+    },
     profile::Profile,
     report::Report,
     serve::{
@@ -33,8 +36,15 @@ pub async fn run<O: ProfileObjects + Send>(
     };
     loop {
         ticker.tick().await;
-        // A snapshot of the profiles, so no lock is held across API calls.
-        let profiles: Vec<Profile> = shared.profiles.read().values().cloned().collect();
+        // A snapshot of the publishable profiles only, so no lock is held across API calls
+        // and host cgroups, sandboxes and debugging sessions are not copied every pass.
+        let profiles: Vec<Profile> = shared
+            .profiles
+            .read()
+            .values()
+            .filter(|profile| publishable(&profile.identity))
+            .cloned()
+            .collect();
         let result = publisher.pass(&profiles, SystemTime::now()).await;
         status.passes += 1;
         match result {
