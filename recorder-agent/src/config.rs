@@ -8,13 +8,18 @@ use crate::export::Format;
 
 /// The Kubernetes API calls the agent makes in Kubernetes mode: (API group, resource, verbs).
 /// It watches the pods of its node, resolves controller owners with single GETs, and publishes
-/// its contribution to SyscallProfile objects (read, create, status update). The deploy
+/// its contribution to SyscallProfile objects (read, create, status update) and watches them
+/// all to deliver the merged profiles (list, watch). The deploy
 /// manifests' ClusterRole is tested against this list.
 pub const KUBERNETES_API_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["list", "watch"]),
     ("apps", "replicasets", &["get"]),
     ("batch", "jobs", &["get"]),
-    ("syscall-recorder.io", "syscallprofiles", &["get", "create"]),
+    (
+        "syscall-recorder.io",
+        "syscallprofiles",
+        &["get", "list", "watch", "create"],
+    ),
     ("syscall-recorder.io", "syscallprofiles/status", &["update"]),
 ];
 
@@ -44,6 +49,11 @@ pub enum Command {
     Export(ExportArgs),
     /// Compare two profiles: exit 0 when NEW allows nothing OLD does not, 1 when it needs more.
     Diff(DiffArgs),
+    /// Freeze a workload container's cluster-wide profile: every node's file stays as it is;
+    /// syscalls outside it are drift.
+    Freeze(ModeArgs),
+    /// Unfreeze a workload container's profile: the files follow learning again.
+    Unfreeze(ModeArgs),
     /// Merge profiles into one (union of syscalls and architectures).
     Merge(MergeArgs),
     /// Remove the pinned counters and programs an agent left in the bpf filesystem
@@ -123,15 +133,48 @@ pub enum ListOutput {
     Json,
 }
 
+/// Where the client commands read profiles: the cluster's SyscallProfiles through the API
+/// when a kubeconfig is found (kubectl's rules: `--kubeconfig`, `KUBECONFIG`, `~/.kube/config`,
+/// in-cluster), one agent's HTTP API when `--server` is given or no kubeconfig exists.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file: read the cluster's SyscallProfiles through the API.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
 /// `recorder-agent profiles`.
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
-    /// The agent's URL.
-    #[arg(long, env = "RECORDER_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// One agent's URL (default: the cluster when a kubeconfig is found, else http://127.0.0.1:9477).
+    #[arg(long, env = "RECORDER_SERVER")]
+    pub server: Option<String>,
+    /// The cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Only this namespace (cluster mode; default: all namespaces).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
     pub output: ListOutput,
+}
+
+/// `recorder-agent freeze` and `unfreeze`.
+#[derive(Debug, Args)]
+pub struct ModeArgs {
+    /// NAMESPACE/KIND/WORKLOAD/CONTAINER of a SyscallProfile.
+    #[arg(value_name = "SELECTOR")]
+    pub selector: String,
+    /// The cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// How long to wait for an agent to take the change in (0s: do not wait).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
 }
 
 /// `recorder-agent export`.
@@ -146,9 +189,12 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
-    /// The agent's URL.
-    #[arg(long, env = "RECORDER_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// One agent's URL (default: the cluster when a kubeconfig is found, else http://127.0.0.1:9477).
+    #[arg(long, env = "RECORDER_SERVER", conflicts_with = "prometheus")]
+    pub server: Option<String>,
+    /// The cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Build the profile cluster-wide from this Prometheus server instead of one agent.
     #[arg(long)]
     pub prometheus: Option<String>,
@@ -160,10 +206,14 @@ pub struct ExportArgs {
 /// `recorder-agent diff`.
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The profile in force (OCI seccomp or recorder JSON).
+    /// The profile in force: a file (OCI seccomp or recorder JSON), or a
+    /// NAMESPACE/KIND/WORKLOAD/CONTAINER selector for the cluster's current profile.
     pub old: PathBuf,
-    /// The candidate profile.
+    /// The candidate profile (a file or a selector).
     pub new: PathBuf,
+    /// The cluster, for selectors.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// `recorder-agent merge`.
@@ -242,6 +292,11 @@ pub struct RunArgs {
     /// SyscallProfile object (`--publish=false` keeps profiles on the node).
     #[arg(long, env = "RECORDER_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
     pub publish: bool,
+    /// Also publish every workload container's delivered profile as a security-profiles-operator
+    /// SeccompProfile (in the API version the cluster's SPO serves), for SPO's ProfileBinding.
+    /// Needs the SPO RBAC of deploy/overlays/spo.
+    #[arg(long, env = "RECORDER_PUBLISH_SPO")]
+    pub publish_spo: bool,
     /// Time between publishing passes (each writes only what changed).
     #[arg(long, env = "RECORDER_PUBLISH_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub publish_interval: Duration,

@@ -12,10 +12,11 @@ use clap::CommandFactory as _;
 use recorder_agent::config::Cli;
 use serde_json::Value;
 
-const OVERLAYS: [&str; 3] = [
+const OVERLAYS: [&str; 4] = [
     "base",
     "overlays/prometheus-operator",
     "overlays/privileged",
+    "overlays/spo",
 ];
 
 fn deploy_dir() -> PathBuf {
@@ -310,6 +311,29 @@ fn overlays_do_what_they_say() {
     let (_, objects) = render("overlays/privileged");
     let sc = &find(&objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["privileged"], true);
+
+    // SPO publishing: the flag, and exactly the grant a server-side apply needs.
+    let (_, objects) = render("overlays/spo");
+    let args = &find(&objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .expect("args")
+            .iter()
+            .any(|arg| arg == "--publish-spo"),
+        "{args}"
+    );
+    let spo_role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "syscall-recorder-spo")
+        .expect("the SPO ClusterRole");
+    assert_eq!(
+        spo_role["rules"][0]["apiGroups"][0],
+        "security-profiles-operator.x-k8s.io"
+    );
+    assert_eq!(
+        spo_role["rules"][0]["verbs"],
+        serde_json::json!(["get", "create", "patch"])
+    );
 
     let (_, objects) = render("overlays/prometheus-operator");
     let monitor = find(&objects, "PodMonitor");

@@ -21,7 +21,12 @@ use crate::{
     config::{KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
     export::{
         delivery::{self, Delivery},
-        publish::publisher::{KubeObjects, Publisher},
+        publish::{
+            publisher::{KubeObjects, Publisher},
+            spo,
+            view::ClusterView,
+            watch::{self, WatchReport},
+        },
     },
     kernel::{self, LoadOptions, Recorder, SkipTask},
     profile::{
@@ -32,9 +37,37 @@ use crate::{
     serve::{
         self, Shared,
         metrics::{Metrics, MetricsOptions},
-        state::Condition,
+        state::{ClusterStatus, Condition},
     },
 };
+
+/// The profile watch's reports, into `/api/v1/status`.
+struct ClusterReport(Arc<Shared>);
+
+impl ClusterReport {
+    fn update(&self, change: impl FnOnce(&mut ClusterStatus)) {
+        let mut status = self
+            .0
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(status.cluster.get_or_insert_with(ClusterStatus::default));
+    }
+}
+
+impl WatchReport for ClusterReport {
+    fn listed(&self, objects: usize) {
+        self.update(|status| {
+            status.objects = objects;
+            status.synced = true;
+            status.last_error = None;
+        });
+    }
+
+    fn failed(&self, error: &str) {
+        self.update(|status| status.last_error = Some(error.to_owned()));
+    }
+}
 
 /// `recorder-agent unpin`: removes the pins an agent left (uninstall).
 pub fn unpin(args: &UnpinArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -112,9 +145,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         capacity: args.max_cgroups,
         arch: Some(arch),
     })?;
-    let shared = Arc::new(Shared::new(arch, args.stable_after).with_metrics(metrics));
+    let mut shared = Shared::new(arch, args.stable_after).with_metrics(metrics);
+    let cluster_view =
+        (kubernetes.is_some() && args.publish).then(|| Arc::new(ClusterView::default()));
+    if let Some(view) = &cluster_view {
+        shared = shared.with_cluster(Arc::clone(view));
+    }
+    let shared = Arc::new(shared);
     let attribution = kubernetes.map(|(client, options)| {
         shared.readiness.require(Condition::PodsSynced);
+        if let Some(view) = &cluster_view {
+            info!("watching the cluster's SyscallProfiles: this node delivers every workload's merged profile");
+            tokio::spawn(watch::watch_profiles(
+                client.clone(),
+                KubeObjects::new(client.clone()),
+                Arc::clone(view),
+                arch,
+                ClusterReport(Arc::clone(&shared)),
+            ));
+            if args.publish_spo {
+                tokio::spawn(spo::publish_spo(client.clone(), Arc::clone(view), arch));
+            }
+        } else if args.publish_spo {
+            warn!("--publish-spo needs --publish: no SeccompProfile is published");
+        }
         if args.publish {
             shared.readiness.require(Condition::Publishing);
             let publisher = Publisher::new(

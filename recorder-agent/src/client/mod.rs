@@ -1,6 +1,7 @@
 //! The client commands: `profiles`, `export`, `diff` and `merge`, talking to an agent's HTTP
 //! API (or to Prometheus) and reading profile files.
 
+pub mod cluster;
 pub mod http;
 mod output;
 pub mod promql;
@@ -14,7 +15,8 @@ use serde_json::Value;
 use self::output::{emit, pretty};
 use crate::{
     client::http::{HttpError, Server},
-    config::{DiffArgs, ExportArgs, ListOutput, MergeArgs, ProfilesArgs},
+    config::{DEFAULT_SERVER, DiffArgs, ExportArgs, ListOutput, MergeArgs, ModeArgs, ProfilesArgs},
+    export::publish::Mode,
     export::seccomp::{OciSeccomp, SpoSeccompProfile},
     export::{
         Format,
@@ -131,9 +133,21 @@ fn table(rows: &[ListedProfile]) -> String {
     out
 }
 
+/// The agent to ask: `--server`, else the default URL; `None` when the cluster is asked.
+fn agent_server(server: Option<&str>, cluster: &crate::config::ClusterArgs) -> Option<String> {
+    match server {
+        Some(url) => Some(url.to_owned()),
+        None if cluster::wanted(cluster) => None,
+        None => Some(DEFAULT_SERVER.to_owned()),
+    }
+}
+
 /// `recorder-agent profiles`.
 pub fn profiles(args: ProfilesArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::parse(&args.server)?;
+    let Some(url) = agent_server(args.server.as_deref(), &args.cluster) else {
+        return cluster::profiles(&args.cluster, args.namespace.as_deref(), args.output);
+    };
+    let server = Server::parse(&url)?;
     let body = get_ok(&server, PROFILES_PATH, "the profiles endpoint")?;
     let value: Value = serde_json::from_slice(&body)
         .with_context(|| format!("{} answered with something that is not JSON", server.url()))?;
@@ -161,7 +175,19 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let server = Server::parse(&args.server)?;
+    let Some(url) = agent_server(args.server.as_deref(), &args.cluster) else {
+        let (bytes, syscalls) = cluster::export(&args.cluster, &identity, args.format)?;
+        emit(args.output.as_deref(), &bytes)?;
+        if let Some(output) = &args.output {
+            eprintln!(
+                "recorder-agent: wrote {} ({}, {syscalls} syscalls) of {identity} from the cluster",
+                output.display(),
+                args.format
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let server = Server::parse(&url)?;
     let format = args.format;
     let path = format!("{PROFILES_PATH}/{}?format={format}", identity.url_path());
     let body = get_ok(&server, &path, &format!("profile {identity}"))?;
@@ -241,9 +267,18 @@ fn diff_report(old: &Policy, new: &Policy, diff: &compare::Diff) -> String {
 /// `recorder-agent diff`: exit 0 when NEW allows nothing OLD does not, 1 when it needs more,
 /// 2 when the files cannot be compared (reported here, since `main` maps errors to 1).
 pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let read = |path: &std::path::Path| -> anyhow::Result<Policy> {
+        // A selector names the cluster's current profile; a file that exists is a file.
+        if !path.exists()
+            && let Some(identity) = path.to_str().and_then(|text| parse_selector(text).ok())
+        {
+            return cluster::policy(&args.cluster, &identity);
+        }
+        Ok(compare::read_policy(path)?)
+    };
     let result = (|| -> anyhow::Result<(Policy, Policy, compare::Diff)> {
-        let old = compare::read_policy(&args.old)?;
-        let new = compare::read_policy(&args.new)?;
+        let old = read(&args.old)?;
+        let new = read(&args.new)?;
         let diff = compare::diff(&old, &new)?;
         Ok((old, new, diff))
     })();
@@ -257,6 +292,18 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_USAGE))
         }
     }
+}
+
+/// `recorder-agent freeze` (`mode` Frozen) and `unfreeze` (Learning).
+pub fn set_mode(args: ModeArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let identity = match parse_selector(&args.selector) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("recorder-agent: error: {message}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    cluster::set_mode(&args.cluster, &identity, mode, args.wait)
 }
 
 /// `recorder-agent merge`.
