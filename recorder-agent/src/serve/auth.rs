@@ -312,8 +312,9 @@ impl<R: Reviewer> Gate<R> {
         )
     }
 
-    /// Logs a review failure when its cause is new, and the recovery once.
-    fn note_outcome(&self, error: Option<&ReviewError>) {
+    /// Logs a review failure when its cause is new, and the recovery once; returns whether it
+    /// logged.
+    fn note_outcome(&self, error: Option<&ReviewError>) -> bool {
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
         match (error, failing.as_ref()) {
             (Some(error), last) if last != Some(error) => {
@@ -321,12 +322,14 @@ impl<R: Reviewer> Gate<R> {
                     until the review works (the agent needs create on tokenreviews and \
                     subjectaccessreviews, as deploy/ grants)");
                 *failing = Some(error.clone());
+                true
             }
             (None, Some(_)) => {
                 info!("authorizing HTTP requests works again");
                 *failing = None;
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -677,6 +680,31 @@ mod tests {
             call(&app, Method::GET, "/metrics", Some(READER)).await.0,
             StatusCode::OK
         );
+    }
+
+    #[test]
+    fn a_failure_is_said_once_per_cause() {
+        let gate = Gate::new(Arc::new(FakeReviewer::default()));
+        let denied = ReviewError::TokenReview {
+            reason: "403 Forbidden: no".to_owned(),
+        };
+        let down = ReviewError::TokenReview {
+            reason: "connection refused".to_owned(),
+        };
+        let said: Vec<bool> = [
+            None,
+            Some(&denied),
+            Some(&denied),
+            Some(&down),
+            Some(&down),
+            None,
+            None,
+            Some(&down),
+        ]
+        .into_iter()
+        .map(|outcome| gate.note_outcome(outcome))
+        .collect();
+        assert_eq!(said, [false, true, false, true, false, true, false, true]);
     }
 
     #[test]
