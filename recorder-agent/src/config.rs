@@ -7,10 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::export::Format;
 
 /// The Kubernetes API calls the agent makes in Kubernetes mode: (API group, resource, verbs).
-/// It watches the pods of its node, resolves controller owners with single GETs, and publishes
-/// its contribution to SyscallProfile objects (read, create, status update) and watches them
-/// all to deliver the merged profiles (list, watch). The deploy
-/// manifests' ClusterRole is tested against this list.
+/// It watches the pods of its node, resolves controller owners with single GETs, publishes
+/// its contribution to SyscallProfile objects (read, create, status update), watches them all
+/// to deliver the merged profiles (list, watch), and reviews the bearer tokens and access of
+/// HTTP callers (`--http-auth`). The deploy manifests' ClusterRole is tested against this list.
 pub const KUBERNETES_API_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["list", "watch"]),
     ("apps", "replicasets", &["get"]),
@@ -21,6 +21,8 @@ pub const KUBERNETES_API_ACCESS: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch", "create"],
     ),
     ("syscall-recorder.io", "syscallprofiles/status", &["update"]),
+    ("authentication.k8s.io", "tokenreviews", &["create"]),
+    ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
 ];
 
 /// Default HTTP listen address: loopback only unless told otherwise.
@@ -146,6 +148,23 @@ pub struct ClusterArgs {
     pub context: Option<String>,
 }
 
+/// The bearer token the client commands send to an agent that requires one (`--http-auth`).
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Kubernetes bearer token for the agent (e.g. `kubectl create token SERVICEACCOUNT`).
+    #[arg(
+        long,
+        env = "RECORDER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token (e.g. a pod's
+    /// /var/run/secrets/kubernetes.io/serviceaccount/token).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// `recorder-agent profiles`.
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
@@ -158,6 +177,9 @@ pub struct ProfilesArgs {
     /// Only this namespace (cluster mode; default: all namespaces).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// The agent's credentials.
+    #[command(flatten)]
+    pub auth: TokenArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
     pub output: ListOutput,
@@ -195,6 +217,9 @@ pub struct ExportArgs {
     /// The cluster.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// The agent's credentials (not sent to --prometheus).
+    #[command(flatten)]
+    pub auth: TokenArgs,
     /// Build the profile cluster-wide from this Prometheus server instead of one agent.
     #[arg(long)]
     pub prometheus: Option<String>,
@@ -238,12 +263,29 @@ pub enum KubernetesMode {
     Off,
 }
 
+/// Who may use the HTTP API and `/metrics` (`/healthz` and `/readyz` are always open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HttpAuth {
+    /// `kubernetes` in Kubernetes mode, `none` otherwise (a standalone agent listens on
+    /// loopback by default).
+    Auto,
+    /// A bearer token the API server authenticates (TokenReview) whose user may `get` the
+    /// path (SubjectAccessReview, non-resource URL): RBAC `nonResourceURLs` grants it.
+    /// Needs Kubernetes mode.
+    Kubernetes,
+    /// Anyone who reaches the listen address.
+    None,
+}
+
 /// `recorder-agent run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// HTTP listen address (API, health).
     #[arg(long, env = "RECORDER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Who may use the HTTP API and /metrics.
+    #[arg(long, env = "RECORDER_HTTP_AUTH", value_enum, default_value_t = HttpAuth::Auto)]
+    pub http_auth: HttpAuth,
     /// How often to collect the kernel counters (e.g. 1s, 500ms).
     #[arg(long, env = "RECORDER_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -345,7 +387,17 @@ mod tests {
         };
         assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.http_auth, HttpAuth::Auto);
         for bad in [
+            vec!["recorder-agent", "run", "--http-auth", "basic"],
+            vec![
+                "recorder-agent",
+                "profiles",
+                "--token",
+                "t",
+                "--token-file",
+                "f",
+            ],
             vec!["recorder-agent", "run", "--interval", "0s"],
             vec!["recorder-agent", "run", "--interval", "soon"],
             vec!["recorder-agent", "run", "--listen", "nowhere"],
@@ -378,5 +430,21 @@ mod tests {
         assert_eq!(args.command, ["sh", "-c", "exit 7"]);
         assert_eq!(args.output, PathBuf::from("p.json"));
         assert_eq!(args.format, Format::Oci);
+    }
+
+    #[test]
+    fn client_tokens() {
+        let cli = Cli::try_parse_from(["recorder-agent", "profiles", "--token-file", "/t"])
+            .expect("parse");
+        let Command::Profiles(args) = cli.command else {
+            panic!("not profiles")
+        };
+        assert_eq!(args.auth.token_file, Some(PathBuf::from("/t")));
+        let cli = Cli::try_parse_from(["recorder-agent", "export", "a/b/c/d", "--token", "t"])
+            .expect("parse");
+        let Command::Export(args) = cli.command else {
+            panic!("not export")
+        };
+        assert_eq!(args.auth.token.as_deref(), Some("t"));
     }
 }

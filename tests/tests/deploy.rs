@@ -53,6 +53,26 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
+fn find_named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+/// `(nonResourceURLs, verbs)` of each rule of a ClusterRole.
+fn non_resource_rules(role: &Value) -> Vec<(Value, Value)> {
+    role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|rule| {
+            assert!(rule.get("resources").is_none(), "{rule}");
+            (rule["nonResourceURLs"].clone(), rule["verbs"].clone())
+        })
+        .collect()
+}
+
 #[test]
 fn every_overlay_renders_and_validates_strictly() {
     for overlay in OVERLAYS {
@@ -267,7 +287,7 @@ fn the_daemonset_asks_for_what_the_agent_uses() {
 #[test]
 fn the_cluster_role_grants_exactly_the_api_calls_the_agent_makes() {
     let (_, objects) = render("base");
-    let role = find(&objects, "ClusterRole");
+    let role = find_named(&objects, "ClusterRole", "syscall-recorder");
     let mut granted = BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
         for group in rule["apiGroups"].as_array().expect("groups") {
@@ -292,7 +312,8 @@ fn the_cluster_role_grants_exactly_the_api_calls_the_agent_makes() {
         })
         .collect();
     assert_eq!(granted, needed);
-    let binding = find(&objects, "ClusterRoleBinding");
+    let binding = find_named(&objects, "ClusterRoleBinding", "syscall-recorder");
+    assert_eq!(binding["roleRef"]["name"], "syscall-recorder");
     let account = find(&objects, "ServiceAccount");
     assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
     assert_eq!(
@@ -304,6 +325,44 @@ fn the_cluster_role_grants_exactly_the_api_calls_the_agent_makes() {
         ds["spec"]["template"]["spec"]["serviceAccountName"],
         account["metadata"]["name"]
     );
+    // The agent reviews callers (it needs the reviews granted above) and says so explicitly.
+    let args = &ds["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--http-auth=kubernetes"),
+        "{args}"
+    );
+}
+
+#[test]
+fn reader_roles_grant_get_on_the_metrics_and_the_api_only() {
+    let (_, objects) = render("base");
+    let metrics = find_named(&objects, "ClusterRole", "syscall-recorder-metrics-reader");
+    assert_eq!(
+        non_resource_rules(metrics),
+        [(serde_json::json!(["/metrics"]), serde_json::json!(["get"]))]
+    );
+    let api = find_named(&objects, "ClusterRole", "syscall-recorder-api-reader");
+    assert_eq!(
+        non_resource_rules(api),
+        [(serde_json::json!(["/api/*"]), serde_json::json!(["get"]))]
+    );
+    // The agent's own paths fall under them (RBAC's `*` is a trailing prefix match), and
+    // the probes under none: they are open.
+    assert!(recorder_agent::serve::api::PROFILES_PATH.starts_with("/api/"));
+    assert_eq!(
+        recorder_agent::serve::auth::OPEN_PATHS,
+        ["/healthz", "/readyz"]
+    );
+    // The base binds them to no one: who reads is the installer's choice.
+    let bound: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding")
+        .map(|o| &o["roleRef"]["name"])
+        .collect();
+    assert_eq!(bound, [&serde_json::json!("syscall-recorder")]);
 }
 
 #[test]
@@ -337,6 +396,44 @@ fn overlays_do_what_they_say() {
 
     let (_, objects) = render("overlays/prometheus-operator");
     let monitor = find(&objects, "PodMonitor");
+    let agent_namespace = &find(&objects, "DaemonSet")["metadata"]["namespace"];
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        serde_json::json!([agent_namespace])
+    );
+    // Prometheus scrapes with its service account's token, which may get /metrics.
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["authorization"]["type"], "Bearer");
+    let credentials = &endpoint["authorization"]["credentials"];
+    assert_eq!(credentials["key"], "token");
+    let secret = find_named(
+        &objects,
+        "Secret",
+        credentials["name"].as_str().expect("secret name"),
+    );
+    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
+    assert_eq!(
+        secret["metadata"]["namespace"],
+        monitor["metadata"]["namespace"]
+    );
+    let binding = find_named(
+        &objects,
+        "ClusterRoleBinding",
+        "syscall-recorder-prometheus",
+    );
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "syscall-recorder-metrics-reader"
+    );
+    find_named(&objects, "ClusterRole", "syscall-recorder-metrics-reader");
+    let subject = &binding["subjects"][0];
+    assert_eq!(subject["kind"], "ServiceAccount");
+    assert_eq!(
+        subject["name"], secret["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        "the token is the bound account's"
+    );
+    assert_eq!(subject["namespace"], secret["metadata"]["namespace"]);
     let ds = find(&objects, "DaemonSet");
     let labels = &ds["spec"]["template"]["metadata"]["labels"];
     for (key, value) in monitor["spec"]["selector"]["matchLabels"]
@@ -354,9 +451,5 @@ fn overlays_do_what_they_say() {
     assert!(
         ports.iter().any(|p| p["name"] == port),
         "PodMonitor port {port}"
-    );
-    assert_eq!(
-        monitor["metadata"]["namespace"],
-        ds["metadata"]["namespace"]
     );
 }

@@ -18,7 +18,7 @@ use crate::{
         kubernetes,
     },
     collection::Collector,
-    config::{KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
+    config::{HttpAuth, KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
     export::{
         delivery::{self, Delivery},
         publish::{
@@ -36,6 +36,7 @@ use crate::{
     report::Report,
     serve::{
         self, Shared,
+        auth::{Gate, KubeReviewer},
         metrics::{Metrics, MetricsOptions},
         state::{ClusterStatus, Condition},
     },
@@ -109,6 +110,33 @@ fn kubernetes_wanted(args: &RunArgs) -> bool {
     }
 }
 
+/// The authorization of HTTP callers `--http-auth` asks for (said at start), or an error when
+/// it needs a Kubernetes client the agent does not have.
+fn http_gate(
+    args: &RunArgs,
+    client: Option<&kube::Client>,
+) -> anyhow::Result<Option<Arc<Gate<KubeReviewer>>>> {
+    let client = match (args.http_auth, client) {
+        (HttpAuth::None, _) | (HttpAuth::Auto, None) => {
+            if client.is_some() || !args.listen.ip().is_loopback() {
+                warn!(listen = %args.listen, "HTTP authorization is off: the API and /metrics \
+                    answer anyone who reaches the listen address (--http-auth)");
+            } else {
+                info!(listen = %args.listen, "HTTP authorization is off (standalone, loopback)");
+            }
+            return Ok(None);
+        }
+        (HttpAuth::Kubernetes, None) => bail!(
+            "--http-auth kubernetes needs Kubernetes mode (--kubernetes on, or auto with cluster access)"
+        ),
+        (HttpAuth::Kubernetes | HttpAuth::Auto, Some(client)) => client,
+    };
+    info!(listen = %args.listen, open = ?serve::auth::OPEN_PATHS,
+        "HTTP authorization: Kubernetes bearer tokens (TokenReview) allowed to get the path \
+         (SubjectAccessReview, nonResourceURLs)");
+    Ok(Some(Arc::new(Gate::new(KubeReviewer::new(client.clone())))))
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Kubernetes mode: the node name and a client first, so a misconfiguration fails before
@@ -127,6 +155,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let gate = http_gate(&args, kubernetes.as_ref().map(|(client, _)| client))?;
     let arch =
         Arch::host().context("unsupported architecture (x86_64 and aarch64 are supported)")?;
     let cgroup_root = cgroup::cgroup2_root(args.cgroup_root.as_deref())?;
@@ -254,8 +283,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the collection thread")?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = serve::router_with_auth(Arc::clone(&shared), gate);
     let server = tokio::spawn(async move {
-        axum::serve(listener, serve::router(Arc::clone(&shared)))
+        axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 let _ = shutdown_rx.await;
             })

@@ -78,16 +78,25 @@ fn spo_crd(layout: &Layout) -> anyhow::Result<()> {
         .env("GOFLAGS", "-mod=mod")
         .output()
         .context("running go mod download")?;
-    let info: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("go mod download {SPO_MODULE}@{SPO}: {}", String::from_utf8_lossy(&output.stderr)))?;
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "go mod download {SPO_MODULE}@{SPO}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
     if let Some(err) = info["Error"].as_str() {
         bail!("go mod download {SPO_MODULE}@{SPO}: {err}");
     }
-    let module_dir = info["Dir"].as_str().context("go mod download gave no Dir")?;
+    let module_dir = info["Dir"]
+        .as_str()
+        .context("go mod download gave no Dir")?;
     fs::copy(Path::new(module_dir).join(SPO_CRD), &target)
         .with_context(|| format!("copying {SPO_CRD} of {SPO_MODULE}@{SPO}"))?;
     fs::write(&stamp, SPO)?;
-    eprintln!("xtask: security-profiles-operator {SPO}'s SeccompProfile CRD in {}", target.display());
+    eprintln!(
+        "xtask: security-profiles-operator {SPO}'s SeccompProfile CRD in {}",
+        target.display()
+    );
     Ok(())
 }
 
