@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::kubernetes::counted_apart,
     export::Format,
-    export::publish::view::ClusterView,
+    export::publish::{publishable, view::ClusterView},
     export::seccomp,
     profile::state::{self, StateError},
     profile::syscalls::Arch,
@@ -248,6 +248,7 @@ impl Delivery {
         store: &SharedProfiles,
         cluster: Option<&ClusterView>,
     ) -> DeliveryStats {
+        let hold = cluster.is_some_and(ClusterView::holds_existing_files);
         let cluster = cluster.filter(|view| view.synced());
         let mut stats = DeliveryStats::default();
         if let Some(view) = cluster {
@@ -259,6 +260,9 @@ impl Delivery {
             .filter(|profile| {
                 !cluster.is_some_and(|view| view.contains(&profile.identity))
                     && self.needs_write(profile)
+                    && !(hold
+                        && publishable(&profile.identity)
+                        && self.file_exists(&profile.identity))
             })
             .cloned()
             .collect();
@@ -273,6 +277,11 @@ impl Delivery {
             self.write_counted(&profile.identity, &bytes, written, &mut stats);
         }
         stats
+    }
+
+    /// Whether `identity`'s file is there (a previous run, or another node's merge).
+    fn file_exists(&self, identity: &Identity) -> bool {
+        relative_path(identity).is_ok_and(|path| self.root.join(path).exists())
     }
 
     /// Writes the cluster's profiles whose delivered set changed, when the view changed (or a

@@ -93,11 +93,27 @@ struct Inner {
     profiles: HashMap<Identity, ClusterProfile>,
 }
 
+/// How long after start a node holds back its own profile over an existing file while the
+/// objects are not listed yet (a restart must not narrow a file to what this node saw; a watch
+/// that RBAC denies must not stop delivery for good).
+pub const SYNC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The shared view; empty and unsynced until the watch has listed every object once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClusterView {
     inner: RwLock<Inner>,
     synced: AtomicBool,
+    created: std::time::Instant,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            synced: AtomicBool::new(false),
+            created: std::time::Instant::now(),
+        }
+    }
 }
 
 impl ClusterView {
@@ -144,6 +160,12 @@ impl ClusterView {
     /// Whether every object was listed once: before that, nodes deliver what they learned.
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Whether files of published workloads are left as they are: not listed yet, within
+    /// [`SYNC_GRACE`] of start.
+    pub fn holds_existing_files(&self) -> bool {
+        !self.synced() && self.created.elapsed() < SYNC_GRACE
     }
 
     /// Changes so far.
