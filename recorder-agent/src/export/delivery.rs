@@ -508,6 +508,13 @@ mod tests {
             .path()
             .join("syscall-recorder/shop/deployment/web/app.json");
         let own = fs::read(&web_path).expect("own");
+        // Restarted, not listed yet: an existing file (perhaps the cluster's, wider) is kept.
+        add(&store, &web, &[101], 12);
+        let mut restarted = Delivery::new(dir.path(), Arch::X86_64).expect("new");
+        let unlisted = ClusterView::default();
+        assert_eq!(restarted.deliver(&store, Some(&unlisted)).written, 0);
+        assert_eq!(fs::read(&web_path).expect("kept"), own);
+        let store = store_with(&web, &[0, 1], 10);
         view.replace_all(HashMap::from([
             (
                 web.clone(),
