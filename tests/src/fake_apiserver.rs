@@ -4,7 +4,7 @@
 //! `410 Gone` (as the `ERROR` watch event a real server sends) once history is compacted, and
 //! GETs of ReplicaSets and Jobs with `404` and `403` `Status` bodies, and the TokenReviews and
 //! SubjectAccessReviews the agent makes for its HTTP callers ([`READER_TOKEN`] may get `/metrics`
-//! and `/api/*`, [`NOBODY_TOKEN`] is valid but may nothing, other tokens are invalid). Objects
+//! and get and list SyscallProfiles, [`NOBODY_TOKEN`] is valid but may nothing, other tokens are invalid). Objects
 //! are k8s-openapi types serialized as a real cluster sends them.
 
 use std::{
@@ -52,7 +52,7 @@ struct State {
 
 type Shared = Arc<(Mutex<State>, broadcast::Sender<Msg>)>;
 
-/// A token the fake authenticates as [`READER_USER`], allowed to get `/metrics` and `/api/*`.
+/// A token the fake authenticates as [`READER_USER`], allowed to get `/metrics` and read SyscallProfiles.
 pub const READER_TOKEN: &str = "reader-token";
 /// Its user.
 pub const READER_USER: &str = "system:serviceaccount:monitoring:reader";
@@ -92,8 +92,8 @@ async fn token_review(
         .into_response()
 }
 
-/// `POST .../subjectaccessreviews`: the reader may get `/metrics` and `/api/*`, as the
-/// reader ClusterRoles in deploy/ grant.
+/// `POST .../subjectaccessreviews`: the reader may get `/metrics` and get and list
+/// SyscallProfiles, as the reader ClusterRoles in deploy/ grant.
 async fn access_review(
     AxState(shared): AxState<Shared>,
     uri: axum::http::Uri,
@@ -110,9 +110,12 @@ async fn access_review(
     let path = spec["nonResourceAttributes"]["path"]
         .as_str()
         .unwrap_or_default();
+    let resource = &spec["resourceAttributes"];
     let allowed = spec["user"] == READER_USER
-        && spec["nonResourceAttributes"]["verb"] == "get"
-        && (path == "/metrics" || path.starts_with("/api/"));
+        && ((spec["nonResourceAttributes"]["verb"] == "get" && path == "/metrics")
+            || (resource["group"] == "syscall-recorder.io"
+                && resource["resource"] == "syscallprofiles"
+                && (resource["verb"] == "get" || resource["verb"] == "list")));
     let answer = json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
         "metadata": {}, "spec": spec, "status": {"allowed": allowed}});
     (

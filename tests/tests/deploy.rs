@@ -337,21 +337,31 @@ fn the_cluster_role_grants_exactly_the_api_calls_the_agent_makes() {
 }
 
 #[test]
-fn reader_roles_grant_get_on_the_metrics_and_the_api_only() {
+fn reader_roles_grant_the_metrics_url_and_reading_syscall_profiles_only() {
     let (_, objects) = render("base");
     let metrics = find_named(&objects, "ClusterRole", "syscall-recorder-metrics-reader");
     assert_eq!(
         non_resource_rules(metrics),
         [(serde_json::json!(["/metrics"]), serde_json::json!(["get"]))]
     );
+    // The profiles are reviewed as SyscallProfiles (`/api/*` as a URL is every
+    // authenticated user's through system:discovery).
     let api = find_named(&objects, "ClusterRole", "syscall-recorder-api-reader");
     assert_eq!(
-        non_resource_rules(api),
-        [(serde_json::json!(["/api/*"]), serde_json::json!(["get"]))]
+        api["rules"],
+        serde_json::json!([{"apiGroups": ["syscall-recorder.io"], "resources": ["syscallprofiles"], "verbs": ["get", "list"]}])
     );
-    // The agent's own paths fall under them (RBAC's `*` is a trailing prefix match), and
-    // the probes under none: they are open.
-    assert!(recorder_agent::serve::api::PROFILES_PATH.starts_with("/api/"));
+    let reviewed = recorder_agent::serve::auth::access_attributes(
+        "get",
+        &format!(
+            "{}/shop/Deployment/web/app",
+            recorder_agent::serve::api::PROFILES_PATH
+        ),
+    );
+    let attributes = reviewed.resource_attributes.expect("resource attributes");
+    assert_eq!(attributes.resource.as_deref(), Some("syscallprofiles"));
+    assert_eq!(attributes.namespace.as_deref(), Some("shop"));
+    // The probes are open.
     assert_eq!(
         recorder_agent::serve::auth::OPEN_PATHS,
         ["/healthz", "/readyz"]

@@ -1,9 +1,13 @@
 //! Kubernetes authentication and authorization of the HTTP API and `/metrics`, the way
-//! kube-rbac-proxy does it in its default non-resource mode: the caller's bearer token goes to
-//! a `TokenReview`, the user it names to a `SubjectAccessReview` for the request's path and
-//! verb (`nonResourceAttributes`), so a ClusterRole with `nonResourceURLs: ["/metrics"]` or
-//! `["/api/*"]` and verb `get` grants it. `/healthz` and `/readyz` stay open: the kubelet probes
-//! them without credentials.
+//! kube-rbac-proxy does it: the caller's bearer token goes to a `TokenReview`, the user it
+//! names to a `SubjectAccessReview` ([`access_attributes`]). `/metrics` is reviewed as a
+//! non-resource URL (a ClusterRole with `nonResourceURLs: ["/metrics"]`, verb `get`). The
+//! profiles are reviewed as the SyscallProfiles they are: reading a workload's profile from an
+//! agent needs `get` on `syscallprofiles.syscall-recorder.io` in its namespace, the list and the
+//! status need `list` in all namespaces. Not `/api/*` as a non-resource URL: every
+//! authenticated user has that through the default `system:discovery` role (the API server's
+//! own discovery paths), which would open the profiles to any token. `/healthz` and `/readyz`
+//! stay open: the kubelet probes them without credentials.
 //!
 //! This module owns the [`Reviewer`] trait (the two API calls; [`KubeReviewer`] makes them
 //! through the API server, tests use a fake), the decision cache (so a Prometheus scrape does
@@ -24,13 +28,15 @@ use axum::{
 };
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
-    authorization::v1::{NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+    authorization::v1::{
+        NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    },
 };
 use kube::{Api, Client, api::PostParams};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
-use super::api::ApiError;
+use super::api::{ApiError, PROFILES_PATH};
 use crate::attribution::kubernetes::ApiReport;
 
 /// Paths served without credentials: the kubelet's probes carry none.
@@ -177,11 +183,7 @@ impl Reviewer for KubeReviewer {
                 uid: user.uid.clone(),
                 groups: Some(user.groups.clone()),
                 extra: Some(user.extra.clone()),
-                non_resource_attributes: Some(NonResourceAttributes {
-                    path: Some(path.to_owned()),
-                    verb: Some(verb.to_owned()),
-                }),
-                resource_attributes: None,
+                ..access_attributes(verb, path)
             },
             ..SubjectAccessReview::default()
         };
@@ -203,6 +205,48 @@ impl Reviewer for KubeReviewer {
             }
             _ => Ok(Access::Denied(status.reason.unwrap_or_default())),
         }
+    }
+}
+
+/// What a request is reviewed as: the SyscallProfiles it shows for the profiles and the
+/// status (`get` in the profile's namespace, `list` in all namespaces for the list, the status
+/// and a profile outside any namespace), the non-resource URL for anything else (`/metrics`).
+pub fn access_attributes(verb: &str, path: &str) -> SubjectAccessReviewSpec {
+    let profiles = |verb: &str, namespace: Option<String>| SubjectAccessReviewSpec {
+        resource_attributes: Some(ResourceAttributes {
+            group: Some(crate::export::publish::GROUP.to_owned()),
+            resource: Some(crate::export::publish::PLURAL.to_owned()),
+            verb: Some(verb.to_owned()),
+            namespace,
+            ..ResourceAttributes::default()
+        }),
+        ..SubjectAccessReviewSpec::default()
+    };
+    if path == "/api/v1/status" {
+        return profiles("list", None);
+    }
+    if let Some(rest) = path.strip_prefix(PROFILES_PATH)
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        let rest = rest.trim_start_matches('/');
+        if rest.is_empty() {
+            return profiles("list", None);
+        }
+        let namespace = rest.split('/').next().unwrap_or_default();
+        let namespace = percent_encoding::percent_decode_str(namespace).decode_utf8_lossy();
+        return if namespace.is_empty() || namespace == "_" {
+            // Host cgroups and bare containers: only who may read every namespace.
+            profiles("list", None)
+        } else {
+            profiles(verb, Some(namespace.into_owned()))
+        };
+    }
+    SubjectAccessReviewSpec {
+        non_resource_attributes: Some(NonResourceAttributes {
+            path: Some(path.to_owned()),
+            verb: Some(verb.to_owned()),
+        }),
+        ..SubjectAccessReviewSpec::default()
     }
 }
 
@@ -426,7 +470,7 @@ mod tests {
     const READER: &str = "reader-token";
     const NOBODY: &str = "nobody-token";
 
-    /// Tokens: READER may get /metrics and /api/*, NOBODY is valid but may nothing, anything
+    /// Tokens: READER may get everything, NOBODY is valid but may nothing, anything
     /// else is unauthenticated. Counts the calls; can fail on demand.
     #[derive(Debug, Default)]
     struct FakeReviewer {
@@ -716,6 +760,44 @@ mod tests {
             cache.put(key, Decision::Allowed, ALLOWED_TTL, now);
             assert!(cache.entries.len() <= CACHE_CAPACITY);
         }
+    }
+
+    #[test]
+    fn profiles_are_reviewed_as_syscall_profiles_and_metrics_as_a_url() {
+        let resource = |verb: &str, path: &str| {
+            let spec = access_attributes(verb, path);
+            assert!(spec.non_resource_attributes.is_none(), "{path}");
+            let attributes = spec.resource_attributes.expect("resource");
+            assert_eq!(attributes.group.as_deref(), Some("syscall-recorder.io"));
+            assert_eq!(attributes.resource.as_deref(), Some("syscallprofiles"));
+            (attributes.verb.unwrap_or_default(), attributes.namespace)
+        };
+        assert_eq!(
+            resource("get", "/api/v1/profiles/shop/Deployment/web/app"),
+            ("get".to_owned(), Some("shop".to_owned()))
+        );
+        assert_eq!(
+            resource("get", "/api/v1/profiles/sh%6Fp/Deployment/web/app"),
+            ("get".to_owned(), Some("shop".to_owned()))
+        );
+        for path in [
+            "/api/v1/profiles",
+            "/api/v1/profiles/",
+            "/api/v1/status",
+            "/api/v1/profiles/_/Cgroup/%2F/_",
+        ] {
+            assert_eq!(resource("get", path), ("list".to_owned(), None), "{path}");
+        }
+        let metrics = access_attributes("get", "/metrics");
+        assert!(metrics.resource_attributes.is_none());
+        let url = metrics.non_resource_attributes.expect("url");
+        assert_eq!(url.path.as_deref(), Some("/metrics"));
+        // Not a profiles path although it starts like one.
+        assert!(
+            access_attributes("get", "/api/v1/profilesX")
+                .non_resource_attributes
+                .is_some()
+        );
     }
 
     #[test]
