@@ -718,6 +718,7 @@ fn profiles_reach_every_node_and_freezing_holds_them() -> anyhow::Result<()> {
     // Freeze: the CLI through the API.
     let output = agent_cli(&["freeze", &selector, "--kubeconfig", &admin_arg]);
     let text = String::from_utf8_lossy(&output.stdout);
+    eprintln!("$ recorder-agent freeze {selector}\n{text}");
     assert!(
         output.status.success() && text.contains("Frozen"),
         "{text}{}",
@@ -759,6 +760,12 @@ fn profiles_reach_every_node_and_freezing_holds_them() -> anyhow::Result<()> {
     );
     let table = agent_cli(&["profiles", "-n", &ns.name, "--kubeconfig", &admin_arg]);
     let table = String::from_utf8_lossy(&table.stdout);
+    eprintln!("$ recorder-agent profiles -n {}\n{table}", ns.name);
+    eprintln!(
+        "$ kubectl get sysprof -n {}\n{}",
+        ns.name,
+        cluster.kubectl(&["get", "sysprof", "-n", &ns.name])?
+    );
     let row = table
         .lines()
         .find(|l| l.contains("fleet"))
@@ -817,6 +824,7 @@ fn profiles_reach_every_node_and_freezing_holds_them() -> anyhow::Result<()> {
         &admin_arg,
     ]);
     let diff_text = String::from_utf8_lossy(&diff.stdout);
+    eprintln!("$ recorder-agent diff frozen.json {selector}\n{diff_text}");
     assert_eq!(diff.status.code(), Some(1), "{diff_text}");
     assert!(diff_text.contains("+ sync"), "{diff_text}");
 
