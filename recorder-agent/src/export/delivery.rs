@@ -293,7 +293,9 @@ impl Delivery {
         let (generation, profiles) = view.snapshot();
         let failed_before = stats.failed;
         for (identity, profile) in profiles {
-            if self.rejected.contains(&identity) {
+            // No node contributed (an object made by hand): no file rather than one that
+            // denies everything.
+            if self.rejected.contains(&identity) || profile.nodes == 0 {
                 continue;
             }
             let names: Vec<&str> = profile.delivered.iter().map(String::as_str).collect();

@@ -356,12 +356,14 @@ pub fn merge_into(
     recompute(status, now)
 }
 
-/// Brings `status` in line with `mode`: freezing takes the merged set as it is now, learning
-/// drops the frozen set. Returns whether anything changed (then the status must be written).
+/// Brings `status` in line with `mode`: freezing takes the merged set as it is now (once a node
+/// contributed), learning drops the frozen set. Returns whether anything changed (then the status must be written).
 pub fn apply_mode(mode: Mode, status: &mut SyscallProfileStatus, now: SystemTime) -> bool {
     let before = status.clone();
     match mode {
-        Mode::Frozen if status.frozen.is_none() => {
+        // Nothing learned yet (an object applied by hand or from a backup): nothing to freeze;
+        // the first contribution is frozen instead of an empty set that would deny everything.
+        Mode::Frozen if status.frozen.is_none() && !status.nodes.is_empty() => {
             recompute(status, now);
             status.frozen = Some(FrozenSet {
                 at: rfc3339(now),
@@ -753,6 +755,16 @@ mod tests {
             BTreeSet::from(["ptrace", "read", "write"])
         );
         assert_eq!(condition(&status, "Drift").status, "False");
+    }
+
+    #[test]
+    fn an_object_frozen_before_any_contribution_freezes_the_first_one() {
+        let mut status = SyscallProfileStatus::default();
+        assert!(apply_mode(Mode::Frozen, &mut status, at(0)));
+        assert_eq!(status.frozen, None, "nothing to freeze yet");
+        merge_into(&mut status, entry("node-a", &["read"]), at(5));
+        assert!(apply_mode(Mode::Frozen, &mut status, at(6)));
+        assert_eq!(status.frozen.map(|f| f.syscall_count), Some(1));
     }
 
     #[test]
