@@ -269,9 +269,10 @@ pub enum HttpAuth {
     /// `kubernetes` in Kubernetes mode, `none` otherwise (a standalone agent listens on
     /// loopback by default).
     Auto,
-    /// A bearer token the API server authenticates (TokenReview) whose user may `get` the
-    /// path (SubjectAccessReview, non-resource URL): RBAC `nonResourceURLs` grants it.
-    /// Needs Kubernetes mode.
+    /// A bearer token the API server authenticates (TokenReview) whose user may read what is
+    /// asked (SubjectAccessReview): `get` on the URL `/metrics`, `get` on the namespace's
+    /// `syscallprofiles.syscall-recorder.io` for a profile, `list` in all namespaces for the
+    /// list and the status. Needs Kubernetes mode.
     Kubernetes,
     /// Anyone who reaches the listen address.
     None,

@@ -771,19 +771,34 @@ fn profiles_reach_every_node_and_freezing_holds_them() -> anyhow::Result<()> {
         .find(|l| l.contains("fleet"))
         .unwrap_or_default();
     assert!(row.contains("Frozen") && row.contains("sync"), "{table}");
-    // ... while every node's file stays as frozen.
-    for file in [
-        Path::new(SECCOMP_ROOT).join(&fleet_file),
-        agent_a.file(&fleet_file),
-        agent_b.file(&fleet_file),
-    ] {
-        assert_eq!(
-            read(&file).as_ref(),
-            Some(&frozen_bytes),
-            "{} changed while frozen",
-            file.display()
-        );
-    }
+    // ... while every node's file stays as frozen: checked over a few of the extra agents'
+    // collections (each delivers every 500 ms) after they saw the drifted object.
+    let collections = |agent: &ExtraAgent| -> anyhow::Result<u64> {
+        Ok(agent.status()?["collections"].as_u64().unwrap_or(0))
+    };
+    let seen = (collections(&agent_a)?, collections(&agent_b)?);
+    wait_for(
+        "six more collections on each extra agent",
+        Duration::from_secs(30),
+        &mut || {
+            for file in [
+                Path::new(SECCOMP_ROOT).join(&fleet_file),
+                agent_a.file(&fleet_file),
+                agent_b.file(&fleet_file),
+            ] {
+                assert_eq!(
+                    read(&file).as_ref(),
+                    Some(&frozen_bytes),
+                    "{} changed while frozen",
+                    file.display()
+                );
+            }
+            Ok(
+                (collections(&agent_a)? >= seen.0 + 6 && collections(&agent_b)? >= seen.1 + 6)
+                    .then_some(()),
+            )
+        },
+    )?;
 
     // diff against the cluster's current profile: the frozen file lacks sync.
     let frozen_file = work.path().join("frozen.json");
@@ -875,6 +890,25 @@ fn profiles_reach_every_node_and_freezing_holds_them() -> anyhow::Result<()> {
         modified,
         "the file was rewritten"
     );
+
+    // A deleted object is made again, with every node's contribution.
+    cluster.kubectl(&[
+        "delete",
+        "syscallprofile",
+        "-n",
+        &ns.name,
+        "configmap.fleet.app",
+    ])?;
+    wait_for(
+        "the deleted object back with three nodes",
+        Duration::from_secs(60),
+        &mut || {
+            let Ok(object) = object(&cluster, &ns, "configmap.fleet.app") else {
+                return Ok(None);
+            };
+            Ok((object["status"]["nodeCount"] == 3).then_some(()))
+        },
+    )?;
     drop(agent_b);
     Ok(())
 }

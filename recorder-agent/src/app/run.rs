@@ -132,8 +132,8 @@ fn http_gate(
         (HttpAuth::Kubernetes | HttpAuth::Auto, Some(client)) => client,
     };
     info!(listen = %args.listen, open = ?serve::auth::OPEN_PATHS,
-        "HTTP authorization: Kubernetes bearer tokens (TokenReview) allowed to get the path \
-         (SubjectAccessReview, nonResourceURLs)");
+        "HTTP authorization: Kubernetes bearer tokens (TokenReview) allowed to read /metrics \
+         (nonResourceURLs) or the SyscallProfiles a request shows (SubjectAccessReview)");
     Ok(Some(Arc::new(Gate::new(KubeReviewer::new(client.clone())))))
 }
 
@@ -193,7 +193,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ClusterReport(Arc::clone(&shared)),
             ));
             if args.publish_spo {
-                tokio::spawn(spo::publish_spo(client.clone(), Arc::clone(view), arch));
+                tokio::spawn(spo::publish_spo(
+                    client.clone(),
+                    Arc::clone(view),
+                    arch,
+                    options.node_name.clone(),
+                ));
             }
         } else if args.publish_spo {
             warn!("--publish-spo needs --publish: no SeccompProfile is published");

@@ -366,11 +366,16 @@ pub fn set_mode(
                 return Ok(ExitCode::SUCCESS);
             }
             if tokio::time::Instant::now() >= deadline {
+                if wait.is_zero() {
+                    println!("{identity}: spec.mode set to {mode:?}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                // The mode is set, but nothing enforces it yet: a script must not take it as done.
                 eprintln!(
-                    "recorder-agent: {identity}: spec.mode is {mode:?}; no agent took it in within {} (are agents running with --publish?)",
+                    "recorder-agent: {identity}: spec.mode is {mode:?}, but no agent took it in within {} (are agents running with --publish?)",
                     humantime::format_duration(wait)
                 );
-                return Ok(ExitCode::SUCCESS);
+                return Ok(ExitCode::FAILURE);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -301,9 +301,15 @@ fn diff_report(old: &Policy, new: &Policy, diff: &compare::Diff) -> String {
 /// 2 when the files cannot be compared (reported here, since `main` maps errors to 1).
 pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let read = |path: &std::path::Path| -> anyhow::Result<Policy> {
-        // A selector names the cluster's current profile; a file that exists is a file.
+        // A selector names the cluster's current profile: not an existing file, and its kind
+        // is a Kubernetes kind (capitalised), so a mistyped `out/a/b/c.json` stays a file.
         if !path.exists()
             && let Some(identity) = path.to_str().and_then(|text| parse_selector(text).ok())
+            && identity
+                .workload_kind
+                .as_str()
+                .starts_with(|c: char| c.is_ascii_uppercase())
+            && !identity.namespace.is_empty()
         {
             return cluster::policy(&args.cluster, &identity);
         }

@@ -491,6 +491,7 @@ mod tests {
             delivered: names.iter().map(|n| (*n).to_owned()).collect(),
             nodes: 2,
             frozen: frozen.then(|| names.iter().map(|n| (*n).to_owned()).collect()),
+            first_node: Some("node-a".to_owned()),
         }
     }
 

@@ -144,7 +144,9 @@ pub struct SyscallProfileStatus {
 
 /// The frozen syscall set.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+// Every field defaults: an entry another tool wrote without some must not stop the watch (one
+// undecodable object fails the whole list).
+#[serde(rename_all = "camelCase", default)]
 pub struct FrozenSet {
     /// When it was frozen (RFC 3339).
     pub at: String,
@@ -158,7 +160,9 @@ pub struct FrozenSet {
 
 /// A Kubernetes-style status condition.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+// Every field defaults: an entry another tool wrote without some must not stop the watch (one
+// undecodable object fails the whole list).
+#[serde(rename_all = "camelCase", default)]
 pub struct StatusCondition {
     /// `Frozen` or `Drift`.
     #[serde(rename = "type")]
@@ -176,6 +180,7 @@ pub struct StatusCondition {
 
 /// The merged names of one architecture.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ArchSyscalls {
     /// `x86_64` or `aarch64`.
     pub arch: String,
@@ -185,7 +190,9 @@ pub struct ArchSyscalls {
 
 /// What one node saw of the workload container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+// Every field defaults: an entry another tool wrote without some must not stop the watch (one
+// undecodable object fails the whole list).
+#[serde(rename_all = "camelCase", default)]
 pub struct NodeContribution {
     /// The node name.
     pub node: String,
@@ -310,6 +317,36 @@ pub fn decode_syscalls(
     Ok(names)
 }
 
+/// Decodes what can be decoded of a contribution bitmap: the names this table has, and why
+/// something was left out (not base64, or set bits without a name here).
+pub fn decode_known_syscalls(arch: Arch, bitmap: &str) -> (BTreeSet<&'static str>, Option<String>) {
+    let Ok(bits) = STANDARD.decode(bitmap) else {
+        return (BTreeSet::new(), Some("not base64".to_owned()));
+    };
+    let mut names = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for (byte_index, byte) in bits.iter().enumerate() {
+        for bit in 0..8 {
+            if byte & (1 << bit) != 0 {
+                let nr = byte_index * 8 + bit;
+                match arch.syscall_name(nr) {
+                    Some(name) => {
+                        names.insert(name);
+                    }
+                    None => unknown.push(nr.to_string()),
+                }
+            }
+        }
+    }
+    let reason = (!unknown.is_empty()).then(|| {
+        format!(
+            "no {arch} syscall numbered {} in this agent's table",
+            unknown.join(", ")
+        )
+    });
+    (names, reason)
+}
+
 /// This node's contribution from its profile.
 pub fn contribution(
     profile: &Profile,
@@ -391,9 +428,15 @@ pub fn recompute(status: &mut SyscallProfileStatus, now: SystemTime) -> Vec<Publ
             });
             continue;
         };
-        match decode_syscalls(&entry.node, arch, &entry.syscalls) {
-            Ok(names) => merged.entry(arch.to_string()).or_default().extend(names),
-            Err(err) => errors.push(err),
+        // Bits this agent's table has no name for (a newer agent's table) are left out, the
+        // rest of the entry still counts: agents of two versions must not make the merge flap.
+        let (names, unknown) = decode_known_syscalls(arch, &entry.syscalls);
+        merged.entry(arch.to_string()).or_default().extend(names);
+        if let Some(reason) = unknown {
+            errors.push(PublishError::BadBitmap {
+                node: entry.node.clone(),
+                reason,
+            });
         }
     }
     let distinct: BTreeSet<&str> = merged.values().flatten().copied().collect();
@@ -681,6 +724,21 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(status.node_count, 3);
         assert_eq!(status.architectures[1].syscalls, ["futex", "read", "uname"]);
+        // An entry with a number this table lacks (a newer agent) keeps its known names.
+        let mut bits = STANDARD
+            .decode(encode_syscalls(Arch::X86_64, ["ptrace"]))
+            .expect("b64");
+        bits.resize(1000 / 8 + 1, 0);
+        bits[1000 / 8] |= 1 << (1000 % 8);
+        status.nodes[1].syscalls = STANDARD.encode(bits);
+        let errors = recompute(&mut status, at(0));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("1000"), "{}", errors[0]);
+        assert!(
+            status.architectures[1]
+                .syscalls
+                .contains(&"ptrace".to_owned())
+        );
     }
 
     fn entry(node: &str, names: &[&str]) -> NodeContribution {

@@ -262,6 +262,13 @@ impl<O: ProfileObjects> Publisher<O> {
         self.published.len()
     }
 
+    /// Forgets what was published for `identity` (its object was deleted): the next pass
+    /// writes the contribution again, into a new object.
+    pub fn forget(&mut self, identity: &Identity) {
+        self.published.remove(identity);
+        self.failing.remove(identity);
+    }
+
     /// Writes every contribution that changed since it was last in place. A 403 or a missing
     /// CRD stops the pass (the next pass tries again); other failures leave that object for
     /// the next pass.

@@ -1,9 +1,11 @@
 //! Opt-in (`run --publish-spo`): every workload container's delivered profile also as a
 //! security-profiles-operator `SeccompProfile`, so SPO's ProfileBinding can bind it. The API
 //! version is the one the cluster's SPO serves as preferred (v1 since SPO 1.0, v1beta1 before),
-//! found through discovery; SeccompProfile is cluster-scoped, named by [`spo_name`]. Writes are
-//! server-side applies with one field manager, so agents applying the same content cause no
-//! change and no conflict; each agent applies only what changed since it last applied.
+//! found through discovery; SeccompProfile is cluster-scoped, named by
+//! [`crate::export::seccomp::spo_name`]. The first contributing node of a workload (by name)
+//! applies it (server-side apply, one field manager), only when the delivered set changed
+//! since it last applied; after a restart it applies each once again (no change on the
+//! server when nothing changed).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -49,8 +51,10 @@ pub fn spo_object(
     serde_json::to_value(&spo).unwrap_or_default()
 }
 
-/// Applies SeccompProfiles for the view's profiles until the task is dropped.
-pub async fn publish_spo(client: Client, view: Arc<ClusterView>, arch: Arch) {
+/// Applies SeccompProfiles for the view's profiles until the task is dropped. Only the first
+/// contributing node (by name) of a profile applies it, so one node writes each object, not
+/// every node, and the content does not flip between nodes of different architectures.
+pub async fn publish_spo(client: Client, view: Arc<ClusterView>, arch: Arch, node: String) {
     let resource = loop {
         match discovery::group(&client, SPO_GROUP).await {
             Ok(group) => match group.recommended_kind(SPO_KIND) {
@@ -79,7 +83,9 @@ pub async fn publish_spo(client: Client, view: Arc<ClusterView>, arch: Arch) {
         let (generation, profiles) = view.snapshot();
         failing = false;
         for (identity, profile) in profiles {
-            if applied.get(&identity) == Some(&profile.delivered) {
+            if profile.first_node.as_deref() != Some(node.as_str())
+                || applied.get(&identity) == Some(&profile.delivered)
+            {
                 continue;
             }
             match apply(&api, &resource, &identity, &profile.delivered, arch).await {

@@ -25,6 +25,9 @@ pub struct ClusterProfile {
     pub nodes: u32,
     /// The frozen set (all architectures), while frozen.
     pub frozen: Option<BTreeSet<String>>,
+    /// The first contributing node by name: the one that writes what must be written once
+    /// (the SPO SeccompProfile).
+    pub first_node: Option<String>,
 }
 
 impl ClusterProfile {
@@ -82,6 +85,7 @@ pub fn from_object(
             delivered,
             nodes: status.node_count,
             frozen,
+            first_node: status.nodes.first().map(|entry| entry.node.clone()),
         },
     ))
 }
@@ -93,17 +97,15 @@ struct Inner {
     profiles: HashMap<Identity, ClusterProfile>,
 }
 
-/// How long after start a node holds back its own profile over an existing file while the
-/// objects are not listed yet (a restart must not narrow a file to what this node saw; a watch
-/// that RBAC denies must not stop delivery for good).
-pub const SYNC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The shared view; empty and unsynced until the watch has listed every object once.
 #[derive(Debug)]
 pub struct ClusterView {
     inner: RwLock<Inner>,
     synced: AtomicBool,
     created: std::time::Instant,
+    /// Identities whose object went away, until the publisher takes them (it must write its
+    /// contribution again, into a new object).
+    deleted: std::sync::Mutex<Vec<Identity>>,
 }
 
 impl Default for ClusterView {
@@ -112,6 +114,7 @@ impl Default for ClusterView {
             inner: RwLock::default(),
             synced: AtomicBool::new(false),
             created: std::time::Instant::now(),
+            deleted: std::sync::Mutex::default(),
         }
     }
 }
@@ -144,17 +147,43 @@ impl ClusterView {
         if inner.profiles.remove(identity).is_some() {
             inner.generation += 1;
         }
+        drop(inner);
+        self.note_deleted([identity.clone()]);
     }
 
     /// Replaces everything (a complete list of the objects) and marks the view synced.
     pub fn replace_all(&self, profiles: HashMap<Identity, ClusterProfile>) {
         let mut inner = self.write();
+        let gone: Vec<Identity> = inner
+            .profiles
+            .keys()
+            .filter(|identity| !profiles.contains_key(*identity))
+            .cloned()
+            .collect();
         if inner.profiles != profiles {
             inner.profiles = profiles;
             inner.generation += 1;
         }
         drop(inner);
+        self.note_deleted(gone);
         self.synced.store(true, Ordering::Release);
+    }
+
+    fn note_deleted(&self, identities: impl IntoIterator<Item = Identity>) {
+        self.deleted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(identities);
+    }
+
+    /// The identities whose objects were deleted since the last call.
+    pub fn take_deleted(&self) -> Vec<Identity> {
+        std::mem::take(
+            &mut *self
+                .deleted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Whether every object was listed once: before that, nodes deliver what they learned.
@@ -162,10 +191,17 @@ impl ClusterView {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// Whether files of published workloads are left as they are: not listed yet, within
-    /// [`SYNC_GRACE`] of start.
+    /// Whether existing files of published workloads are left as they are: the objects are
+    /// not listed yet. A restarted node must not narrow a file the cluster made to what it saw
+    /// itself, however long the list takes (or while RBAC denies it: the status and the log say
+    /// so); files that do not exist yet are written from this node's profile meanwhile.
     pub fn holds_existing_files(&self) -> bool {
-        !self.synced() && self.created.elapsed() < SYNC_GRACE
+        !self.synced()
+    }
+
+    /// How long the view has existed without being listed, when it has not been.
+    pub fn unsynced_for(&self) -> Option<std::time::Duration> {
+        (!self.synced()).then(|| self.created.elapsed())
     }
 
     /// Changes so far.
