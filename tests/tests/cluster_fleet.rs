@@ -250,10 +250,22 @@ impl FakeContainer {
 
 impl Drop for FakeContainer {
     fn drop(&mut self) {
+        // Every process in the cgroup, not only our children (a shell's own children outlive
+        // it): cgroup.kill (Linux 5.14), then the children reaped.
+        let _ = fs::write(self.cgroup.join("cgroup.kill"), "1");
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = wait_for(
+            "the fake container's processes gone",
+            Duration::from_secs(10),
+            &mut || {
+                Ok(fs::read_to_string(self.cgroup.join("cgroup.procs"))
+                    .map_or(true, |procs| procs.trim().is_empty())
+                    .then_some(()))
+            },
+        );
         let _ = fs::remove_dir(&self.cgroup);
         if let Some(pod) = self.cgroup.parent() {
             let _ = fs::remove_dir(pod);
