@@ -570,7 +570,7 @@ fn profiles_reach_every_node_and_freezing_holds_them() -> anyhow::Result<()> {
         containers.push(FakeContainer::new(&uid, &id)?);
     }
 
-    // SPO's CRD (what SPO 1.0 installs), for the agent of node b.
+    // SPO's CRD (what SPO 1.0 installs), for the agent of node a.
     let spo_crd = workspace().join("target/cluster/spo/seccompprofile.yaml");
     anyhow::ensure!(
         spo_crd.is_file(),
@@ -589,19 +589,21 @@ fn profiles_reach_every_node_and_freezing_holds_them() -> anyhow::Result<()> {
     let spo_rbac = fs::read_to_string(workspace().join("deploy/overlays/spo/rbac.yaml"))?;
     cluster.apply("", &spo_rbac)?;
 
+    // SPO objects are applied by a workload's first contributing node by name: node a sorts
+    // before node b and the real node (syscall-recorder-node), whose agents run without it.
     let mut agent_a = ExtraAgent::start(
         nodes[0],
         &work.path().join("a"),
         &agent_kubeconfig,
         &reader,
-        &[],
+        &["--publish-spo"],
     )?;
     let agent_b = ExtraAgent::start(
         nodes[1],
         &work.path().join("b"),
         &agent_kubeconfig,
         &reader,
-        &["--publish-spo"],
+        &[],
     )?;
 
     // A minute of contributions from every node at once: each fake container runs the commands
