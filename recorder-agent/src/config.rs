@@ -115,6 +115,10 @@ pub struct BenchPublishArgs {
     /// first publish is complete).
     #[arg(long, default_value = "60s", value_parser = parse_interval)]
     pub learning: Duration,
+    /// Longest the learning phase waits for the initial publish to complete (the bench then
+    /// moves on and says how far it got).
+    #[arg(long, default_value = "180s", value_parser = parse_interval)]
+    pub max_initial: Duration,
     /// Steady phase: nothing changes but call counts.
     #[arg(long, default_value = "60s", value_parser = parse_interval)]
     pub steady: Duration,

@@ -803,29 +803,39 @@ fn print_publish(figures: &serde_json::Value) {
     );
     let initial = &figures["initial_publish"];
     let steady_writes = figures["steady"]["api_writes"].as_u64().unwrap_or(u64::MAX);
+    let complete = initial["complete"].as_bool() == Some(true);
+    let drained = figures["drain"]["complete"].as_bool() == Some(true);
+    let initial_text = if complete {
+        format!("took {:.0} s", f(&initial["seconds"]))
+    } else {
+        format!(
+            "was NOT complete when the learning phase ended ({} of {} nodes; at {:.0} status writes/s all would take about {:.0} s)",
+            initial["nodes_complete"],
+            figures["nodes"],
+            f(&initial["status_replaces_per_s"]),
+            f(&initial["estimated_seconds"]),
+        )
+    };
+    let steady_text = match (steady_writes, drained) {
+        (0, _) => "as it must: nothing changed".to_owned(),
+        (n, true) => format!("{n} writes while nothing changed: a bug"),
+        (n, false) => {
+            format!("{n} writes: the learning backlog had not drained, so this is no steady state")
+        }
+    };
     println!(
-        "\nThe initial publish of all {} contributions took {:.0} s{} (first pass per node: median {:.0} s, max {:.0} s); \
+        "\nThe initial publish of all {} contributions {initial_text} (first pass per node: median {:.0} s, max {:.0} s); \
          learning wrote {:.0} times per minute with {} conflicts retried and {} objects left for a later pass; \
          steady state wrote {:.0} times per minute ({}). \
          An object with {} node entries is {:.1} KiB at most ({:.2} % of etcd's limit); with {} nodes it would be {:.1} KiB ({:.1} %).",
         figures["contributions"],
-        f(&initial["seconds"]),
-        if initial["complete"].as_bool() == Some(true) {
-            ""
-        } else {
-            " (NOT complete)"
-        },
         f(&initial["first_pass_median_s"]),
         f(&initial["first_pass_max_s"]),
         f(&figures["learning"]["writes_per_minute"]),
         figures["learning"]["conflicts"],
         figures["learning"]["failed"],
         f(&figures["steady"]["writes_per_minute"]),
-        if steady_writes == 0 {
-            "as it must: nothing changed".to_owned()
-        } else {
-            format!("{steady_writes} writes while nothing changed: a bug")
-        },
+        steady_text,
         size["node_entries_median"],
         kib(&size["max_bytes"]),
         f(&size["max_ratio_of_limit"]) * 100.0,

@@ -49,10 +49,8 @@ const CANDIDATES: usize = 30;
 const SHARED_EXTRAS: usize = 10;
 /// Most node-specific syscalls a node starts with (0 to this many).
 const MAX_NODE_EXTRAS: usize = 4;
-/// How long the initial publish may run past `--learning` before the bench moves on.
-const MAX_INITIAL_EXTRA: Duration = Duration::from_secs(300);
 /// How long the drain may take before the steady phase starts anyway.
-const MAX_DRAIN: Duration = Duration::from_secs(120);
+const MAX_DRAIN: Duration = Duration::from_secs(60);
 /// Nodes of the extrapolated object.
 const EXTRAPOLATED_NODES: usize = 1_000;
 
@@ -616,7 +614,7 @@ async fn measure(args: &BenchPublishArgs, client: Client) -> anyhow::Result<Valu
         if elapsed >= args.learning && initial {
             break;
         }
-        if elapsed >= args.learning + MAX_INITIAL_EXTRA {
+        if elapsed >= args.learning.max(args.max_initial) {
             eprintln!("bench-publish: the initial publish is not complete; moving on");
             break;
         }
@@ -698,15 +696,25 @@ async fn measure(args: &BenchPublishArgs, client: Client) -> anyhow::Result<Valu
 
     let (median_first, max_first) = median_max(lock(&progress.first_passes).clone());
     let initial_at = *lock(&progress.initial_done_at);
+    let contributions = u64::from(args.workloads) * u64::from(args.nodes);
+    // Each contribution's first write is one status replace: at the learning phase's rate,
+    // this is how long all of them take (what an incomplete initial publish would need).
+    let learning = &stats.phases[Phase::Learning as usize];
+    let replaces_per_second =
+        learning.status_replaces.load(Ordering::Relaxed) as f64 / learning_seconds.max(0.001);
+    let estimated_initial = contributions as f64 / replaces_per_second.max(0.001);
     Ok(json!({
         "workloads": args.workloads,
         "nodes": args.nodes,
-        "contributions": u64::from(args.workloads) * u64::from(args.nodes),
+        "contributions": contributions,
         "interval_s": args.interval.as_secs_f64(),
         "learn_per_pass": LEARN_PER_MILLE as f64 / 1000.0,
         "initial_publish": {
             "complete": initial_at.is_some(),
             "seconds": initial_at.map(|d| round(d.as_secs_f64())),
+            "status_replaces_per_s": round(replaces_per_second),
+            "estimated_seconds": round(estimated_initial),
+            "nodes_complete": progress.initial_done.load(Ordering::SeqCst),
             "first_pass_median_s": round(median_first.as_secs_f64()),
             "first_pass_max_s": round(max_first.as_secs_f64()),
         },
