@@ -84,6 +84,9 @@ pub struct Layout {
 impl Layout {
     pub fn new() -> Self {
         let root = workspace_root().join("target").join("cluster");
+        // A worktree may link its target/cluster to another's: daemons are recognized by
+        // their executable's real path, so the layout uses that path too.
+        let root = fs::canonicalize(&root).unwrap_or(root);
         Self {
             bin: root.join("bin"),
             build: root.join("build"),
