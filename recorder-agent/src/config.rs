@@ -7,15 +7,22 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::export::Format;
 
 /// The Kubernetes API calls the agent makes in Kubernetes mode: (API group, resource, verbs).
-/// It watches the pods of its node, resolves controller owners with single GETs, and publishes
-/// its contribution to SyscallProfile objects (read, create, status update). The deploy
-/// manifests' ClusterRole is tested against this list.
+/// It watches the pods of its node, resolves controller owners with single GETs, publishes
+/// its contribution to SyscallProfile objects (read, create, status update), watches them all
+/// to deliver the merged profiles (list, watch), and reviews the bearer tokens and access of
+/// HTTP callers (`--http-auth`). The deploy manifests' ClusterRole is tested against this list.
 pub const KUBERNETES_API_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["list", "watch"]),
     ("apps", "replicasets", &["get"]),
     ("batch", "jobs", &["get"]),
-    ("syscall-recorder.io", "syscallprofiles", &["get", "create"]),
+    (
+        "syscall-recorder.io",
+        "syscallprofiles",
+        &["get", "list", "watch", "create"],
+    ),
     ("syscall-recorder.io", "syscallprofiles/status", &["update"]),
+    ("authentication.k8s.io", "tokenreviews", &["create"]),
+    ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
 ];
 
 /// Default HTTP listen address: loopback only unless told otherwise.
@@ -44,6 +51,11 @@ pub enum Command {
     Export(ExportArgs),
     /// Compare two profiles: exit 0 when NEW allows nothing OLD does not, 1 when it needs more.
     Diff(DiffArgs),
+    /// Freeze a workload container's cluster-wide profile: every node's file stays as it is;
+    /// syscalls outside it are drift.
+    Freeze(ModeArgs),
+    /// Unfreeze a workload container's profile: the files follow learning again.
+    Unfreeze(ModeArgs),
     /// Merge profiles into one (union of syscalls and architectures).
     Merge(MergeArgs),
     /// Remove the pinned counters and programs an agent left in the bpf filesystem
@@ -162,15 +174,68 @@ pub enum ListOutput {
     Json,
 }
 
+/// Where the client commands read profiles: the cluster's SyscallProfiles through the API
+/// when a kubeconfig is found (kubectl's rules: `--kubeconfig`, `KUBECONFIG`, `~/.kube/config`,
+/// in-cluster), one agent's HTTP API when `--server` is given or no kubeconfig exists.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file: read the cluster's SyscallProfiles through the API.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// The bearer token the client commands send to an agent that requires one (`--http-auth`).
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Kubernetes bearer token for the agent (e.g. `kubectl create token SERVICEACCOUNT`).
+    #[arg(
+        long,
+        env = "RECORDER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token (e.g. a pod's
+    /// /var/run/secrets/kubernetes.io/serviceaccount/token).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// `recorder-agent profiles`.
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
-    /// The agent's URL.
-    #[arg(long, env = "RECORDER_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// One agent's URL (default: the cluster when a kubeconfig is found, else http://127.0.0.1:9477).
+    #[arg(long, env = "RECORDER_SERVER")]
+    pub server: Option<String>,
+    /// The cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Only this namespace (cluster mode; default: all namespaces).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The agent's credentials.
+    #[command(flatten)]
+    pub auth: TokenArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
     pub output: ListOutput,
+}
+
+/// `recorder-agent freeze` and `unfreeze`.
+#[derive(Debug, Args)]
+pub struct ModeArgs {
+    /// NAMESPACE/KIND/WORKLOAD/CONTAINER of a SyscallProfile.
+    #[arg(value_name = "SELECTOR")]
+    pub selector: String,
+    /// The cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// How long to wait for an agent to take the change in (0s: do not wait).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
 }
 
 /// `recorder-agent export`.
@@ -185,9 +250,15 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
-    /// The agent's URL.
-    #[arg(long, env = "RECORDER_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// One agent's URL (default: the cluster when a kubeconfig is found, else http://127.0.0.1:9477).
+    #[arg(long, env = "RECORDER_SERVER", conflicts_with = "prometheus")]
+    pub server: Option<String>,
+    /// The cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The agent's credentials (not sent to --prometheus).
+    #[command(flatten)]
+    pub auth: TokenArgs,
     /// Build the profile cluster-wide from this Prometheus server instead of one agent.
     #[arg(long)]
     pub prometheus: Option<String>,
@@ -199,10 +270,14 @@ pub struct ExportArgs {
 /// `recorder-agent diff`.
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The profile in force (OCI seccomp or recorder JSON).
+    /// The profile in force: a file (OCI seccomp or recorder JSON), or a
+    /// NAMESPACE/KIND/WORKLOAD/CONTAINER selector for the cluster's current profile.
     pub old: PathBuf,
-    /// The candidate profile.
+    /// The candidate profile (a file or a selector).
     pub new: PathBuf,
+    /// The cluster, for selectors.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// `recorder-agent merge`.
@@ -227,12 +302,30 @@ pub enum KubernetesMode {
     Off,
 }
 
+/// Who may use the HTTP API and `/metrics` (`/healthz` and `/readyz` are always open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HttpAuth {
+    /// `kubernetes` in Kubernetes mode, `none` otherwise (a standalone agent listens on
+    /// loopback by default).
+    Auto,
+    /// A bearer token the API server authenticates (TokenReview) whose user may read what is
+    /// asked (SubjectAccessReview): `get` on the URL `/metrics`, `get` on the namespace's
+    /// `syscallprofiles.syscall-recorder.io` for a profile, `list` in all namespaces for the
+    /// list and the status. Needs Kubernetes mode.
+    Kubernetes,
+    /// Anyone who reaches the listen address.
+    None,
+}
+
 /// `recorder-agent run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// HTTP listen address (API, health).
     #[arg(long, env = "RECORDER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Who may use the HTTP API and /metrics.
+    #[arg(long, env = "RECORDER_HTTP_AUTH", value_enum, default_value_t = HttpAuth::Auto)]
+    pub http_auth: HttpAuth,
     /// How often to collect the kernel counters (e.g. 1s, 500ms).
     #[arg(long, env = "RECORDER_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -281,6 +374,11 @@ pub struct RunArgs {
     /// SyscallProfile object (`--publish=false` keeps profiles on the node).
     #[arg(long, env = "RECORDER_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
     pub publish: bool,
+    /// Also publish every workload container's delivered profile as a security-profiles-operator
+    /// SeccompProfile (in the API version the cluster's SPO serves), for SPO's ProfileBinding.
+    /// Needs the SPO RBAC of deploy/overlays/spo.
+    #[arg(long, env = "RECORDER_PUBLISH_SPO")]
+    pub publish_spo: bool,
     /// Time between publishing passes (each writes only what changed).
     #[arg(long, env = "RECORDER_PUBLISH_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub publish_interval: Duration,
@@ -329,7 +427,17 @@ mod tests {
         };
         assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.http_auth, HttpAuth::Auto);
         for bad in [
+            vec!["recorder-agent", "run", "--http-auth", "basic"],
+            vec![
+                "recorder-agent",
+                "profiles",
+                "--token",
+                "t",
+                "--token-file",
+                "f",
+            ],
             vec!["recorder-agent", "run", "--interval", "0s"],
             vec!["recorder-agent", "run", "--interval", "soon"],
             vec!["recorder-agent", "run", "--listen", "nowhere"],
@@ -362,5 +470,21 @@ mod tests {
         assert_eq!(args.command, ["sh", "-c", "exit 7"]);
         assert_eq!(args.output, PathBuf::from("p.json"));
         assert_eq!(args.format, Format::Oci);
+    }
+
+    #[test]
+    fn client_tokens() {
+        let cli = Cli::try_parse_from(["recorder-agent", "profiles", "--token-file", "/t"])
+            .expect("parse");
+        let Command::Profiles(args) = cli.command else {
+            panic!("not profiles")
+        };
+        assert_eq!(args.auth.token_file, Some(PathBuf::from("/t")));
+        let cli = Cli::try_parse_from(["recorder-agent", "export", "a/b/c/d", "--token", "t"])
+            .expect("parse");
+        let Command::Export(args) = cli.command else {
+            panic!("not export")
+        };
+        assert_eq!(args.auth.token.as_deref(), Some("t"));
     }
 }

@@ -2,16 +2,37 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser as _};
 use recorder_agent::{
     app::{bench, bench_publish, record, run},
     client,
     config::{Cli, Command},
+    export::publish::Mode,
 };
 use tracing_subscriber::EnvFilter;
 
+/// The command line, named `kubectl syscall-recorder` in help and errors when the binary runs
+/// as a kubectl plugin (installed as `kubectl-syscall_recorder` on the PATH).
+fn parse() -> Cli {
+    let plugin = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .is_some_and(|name| name.starts_with("kubectl-"));
+    if !plugin {
+        return Cli::parse();
+    }
+    let matches = Cli::command()
+        .bin_name("kubectl syscall-recorder")
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -32,6 +53,8 @@ fn main() -> ExitCode {
         Command::Profiles(args) => client::profiles(args),
         Command::Export(args) => client::export(args),
         Command::Diff(args) => client::diff(args),
+        Command::Freeze(args) => client::set_mode(args, Mode::Frozen),
+        Command::Unfreeze(args) => client::set_mode(args, Mode::Learning),
         Command::Merge(args) => client::merge(args),
         Command::Unpin(args) => run::unpin(&args),
         Command::MountBpffs(args) => run::mount_bpffs(&args),

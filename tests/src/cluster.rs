@@ -34,6 +34,9 @@ pub const BUSYBOX_IMAGE: &str = "localhost/syscall-recorder/busybox:test";
 pub const SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
 /// The API server's address (the node's address on the cluster bridge).
 pub const API_SERVER: &str = "https://10.244.0.1:6443";
+/// deploy/base's roles for reading the agent over HTTP (`--http-auth kubernetes`).
+pub const METRICS_READER_ROLE: &str = "syscall-recorder-metrics-reader";
+pub const API_READER_ROLE: &str = "syscall-recorder-api-reader";
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -264,6 +267,41 @@ impl Cluster {
         self.kubectl(&["logs", "-n", AGENT_NAMESPACE, pod, "-c", AGENT_CONTAINER])
     }
 
+    /// A token of the ServiceAccount `account` in the agent's namespace (made if missing),
+    /// bound to the ClusterRoles `roles` (none: a valid token that may read nothing). The
+    /// bindings are `ct-ACCOUNT-ROLE`, labeled as test objects and left in place (applying them
+    /// again is a no-op); the token lasts an hour.
+    pub fn service_account_token(&self, account: &str, roles: &[&str]) -> anyhow::Result<String> {
+        let mut manifest = format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n  namespace: \
+             {AGENT_NAMESPACE}\n  labels:\n    syscall-recorder.io/test: cluster\n"
+        );
+        for role in roles {
+            manifest.push_str(&format!(
+                "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+                 metadata:\n  name: ct-{account}-{role}\n  labels:\n    \
+                 syscall-recorder.io/test: cluster\nroleRef:\n  apiGroup: \
+                 rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {role}\nsubjects:\n  \
+                 - kind: ServiceAccount\n    name: {account}\n    namespace: {AGENT_NAMESPACE}\n"
+            ));
+        }
+        self.apply("", &manifest)?;
+        let token = self.kubectl(&[
+            "create",
+            "token",
+            account,
+            "-n",
+            AGENT_NAMESPACE,
+            "--duration=1h",
+        ])?;
+        let token = token.trim().to_owned();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "kubectl create token {account}: no token"
+        );
+        Ok(token)
+    }
+
     /// `kubectl port-forward` to port `remote` of `pod`.
     pub fn port_forward(
         &self,
@@ -449,9 +487,11 @@ impl Drop for PortForward {
     }
 }
 
-/// The agent's profiles through `recorder-agent profiles -o json --server URL`.
-pub fn profiles(server: &str) -> anyhow::Result<Vec<Value>> {
-    let output = crate::agent_cli(&["profiles", "-o", "json", "--server", server]);
+/// The agent's profiles through `recorder-agent profiles -o json --server URL --token TOKEN`.
+pub fn profiles(server: &str, token: &str) -> anyhow::Result<Vec<Value>> {
+    let output = crate::agent_cli(&[
+        "profiles", "-o", "json", "--server", server, "--token", token,
+    ]);
     if !output.status.success() {
         bail!(
             "recorder-agent profiles: {}: {}",

@@ -2,8 +2,10 @@
 //! client uses: pod list with `fieldSelector` and a `resourceVersion`, watch streams of
 //! newline-delimited `ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK` events from a resourceVersion,
 //! `410 Gone` (as the `ERROR` watch event a real server sends) once history is compacted, and
-//! GETs of ReplicaSets and Jobs with `404` and `403` `Status` bodies. Objects are k8s-openapi
-//! types serialized as a real cluster sends them.
+//! GETs of ReplicaSets and Jobs with `404` and `403` `Status` bodies, and the TokenReviews and
+//! SubjectAccessReviews the agent makes for its HTTP callers ([`READER_TOKEN`] may get `/metrics`
+//! and get and list SyscallProfiles, [`NOBODY_TOKEN`] is valid but may nothing, other tokens are invalid). Objects
+//! are k8s-openapi types serialized as a real cluster sends them.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -20,7 +22,7 @@ use axum::{
     extract::{Path as UrlPath, Query, State as AxState},
     http::StatusCode,
     response::{IntoResponse as _, Response},
-    routing::get,
+    routing::{get, post},
 };
 use futures_util::{StreamExt as _, stream};
 use k8s_openapi::api::{apps::v1::ReplicaSet, batch::v1::Job, core::v1::Pod};
@@ -49,6 +51,80 @@ struct State {
 }
 
 type Shared = Arc<(Mutex<State>, broadcast::Sender<Msg>)>;
+
+/// A token the fake authenticates as [`READER_USER`], allowed to get `/metrics` and read SyscallProfiles.
+pub const READER_TOKEN: &str = "reader-token";
+/// Its user.
+pub const READER_USER: &str = "system:serviceaccount:monitoring:reader";
+/// A token the fake authenticates as a user allowed nothing.
+pub const NOBODY_TOKEN: &str = "nobody-token";
+
+/// `POST .../tokenreviews`: authenticated for the two known tokens.
+async fn token_review(
+    AxState(shared): AxState<Shared>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    shared
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .requests
+        .push(uri.to_string());
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let user = match review["spec"]["token"].as_str() {
+        Some(READER_TOKEN) => Some(READER_USER),
+        Some(NOBODY_TOKEN) => Some("system:serviceaccount:default:nobody"),
+        _ => None,
+    };
+    let status = match user {
+        Some(user) => json!({"authenticated": true, "user": {
+            "username": user, "uid": "0000", "groups": ["system:serviceaccounts", "system:authenticated"]}}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    let answer = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {}, "spec": review["spec"], "status": status});
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST .../subjectaccessreviews`: the reader may get `/metrics` and get and list
+/// SyscallProfiles, as the reader ClusterRoles in deploy/ grant.
+async fn access_review(
+    AxState(shared): AxState<Shared>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    shared
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .requests
+        .push(uri.to_string());
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let spec = &review["spec"];
+    let path = spec["nonResourceAttributes"]["path"]
+        .as_str()
+        .unwrap_or_default();
+    let resource = &spec["resourceAttributes"];
+    let allowed = spec["user"] == READER_USER
+        && ((spec["nonResourceAttributes"]["verb"] == "get" && path == "/metrics")
+            || (resource["group"] == "syscall-recorder.io"
+                && resource["resource"] == "syscallprofiles"
+                && (resource["verb"] == "get" || resource["verb"] == "list")));
+    let answer = json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+        "metadata": {}, "spec": spec, "status": {"allowed": allowed}});
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
 
 /// A running fake API server; stopped on drop.
 #[derive(Debug)]
@@ -273,6 +349,14 @@ impl FakeApiServer {
             .route(
                 "/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
                 get(job),
+            )
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                post(token_review),
+            )
+            .route(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                post(access_review),
             )
             .fallback(fallback)
             .with_state(Arc::clone(&shared));

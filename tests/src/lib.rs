@@ -116,14 +116,35 @@ pub fn free_port() -> u16 {
 /// A plain HTTP request without a body on loopback: (status, body). It goes through the
 /// agent's own client (hyper-util), with the harness's 10 s timeout.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let server = Server::parse(&format!("http://{addr}"))?.with_timeout(Duration::from_secs(10));
+    http_as(addr, method, path, None)
+}
+
+/// [`http`] with `Authorization: Bearer TOKEN` when given a token.
+pub fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let server = Server::parse(&format!("http://{addr}"))?
+        .with_timeout(Duration::from_secs(10))
+        .with_token(token.map(str::to_owned));
     let (status, body) = server.request(Method::from_bytes(method.as_bytes())?, path)?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// GET returning JSON.
 pub fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Value)> {
-    let (status, body) = http(addr, "GET", path)?;
+    get_json_as(addr, path, None)
+}
+
+/// [`get_json`] with a bearer token when given one.
+pub fn get_json_as(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, Value)> {
+    let (status, body) = http_as(addr, "GET", path, token)?;
     let value =
         serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body:?}"))?;
     Ok((status, value))
@@ -138,6 +159,8 @@ pub struct Agent {
     /// Its state dir.
     pub state_dir: tempfile::TempDir,
     log: PathBuf,
+    /// The bearer token its API reads send (an agent with `--http-auth kubernetes`).
+    token: Option<String>,
 }
 
 impl Agent {
@@ -214,7 +237,15 @@ impl Agent {
             addr,
             state_dir,
             log,
+            token: None,
         })
+    }
+
+    /// The same agent, its API read with `Authorization: Bearer TOKEN`.
+    #[must_use]
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
     }
 
     /// Waits until /readyz answers 200 (30 s), or fails with the agent's log.
@@ -246,7 +277,7 @@ impl Agent {
 
     /// All profiles.
     pub fn profiles(&self) -> anyhow::Result<Vec<Value>> {
-        let (status, value) = get_json(self.addr, "/api/v1/profiles")?;
+        let (status, value) = get_json_as(self.addr, "/api/v1/profiles", self.token.as_deref())?;
         anyhow::ensure!(status == 200, "GET /api/v1/profiles: {status}");
         Ok(value.as_array().cloned().unwrap_or_default())
     }
@@ -278,7 +309,7 @@ impl Agent {
 
     /// `GET /api/v1/status`.
     pub fn status(&self) -> anyhow::Result<Value> {
-        let (code, value) = get_json(self.addr, "/api/v1/status")?;
+        let (code, value) = get_json_as(self.addr, "/api/v1/status", self.token.as_deref())?;
         anyhow::ensure!(code == 200, "status: {code}");
         Ok(value)
     }

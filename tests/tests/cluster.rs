@@ -19,11 +19,11 @@ use serde_json::Value;
 use tests::{
     agent_cli, allowed,
     cluster::{
-        AGENT_CONTAINER, AGENT_DAEMONSET, AGENT_IMAGE, AGENT_NAMESPACE, API_SERVER, BUSYBOX_IMAGE,
-        Cluster, SECCOMP_ROOT, cluster_lock, find, identities, profiles, total_calls, wait_for,
-        workspace, write_private,
+        AGENT_CONTAINER, AGENT_DAEMONSET, AGENT_IMAGE, AGENT_NAMESPACE, API_READER_ROLE,
+        API_SERVER, BUSYBOX_IMAGE, Cluster, METRICS_READER_ROLE, SECCOMP_ROOT, cluster_lock, find,
+        identities, profiles, total_calls, wait_for, workspace, write_private,
     },
-    count, count_any, free_port, get_json, http,
+    count, count_any, free_port, get_json, get_json_as, http, http_as,
 };
 
 /// Pod spec defaults that keep the tests quick to clean up.
@@ -122,10 +122,14 @@ fn web_addrs(cluster: &Cluster, namespace: &str, app: &str, with_seccomp: bool) 
         .collect()
 }
 
-/// The agent, deployed and reachable through a port-forward.
+/// The ServiceAccount whose token the tests read the agent with: bound to both reader roles.
+const READER_ACCOUNT: &str = "ct-reader";
+
+/// The agent, deployed and reachable through a port-forward, with a token that may read it.
 struct AgentAccess {
     pod: String,
     forward: tests::cluster::PortForward,
+    token: String,
 }
 
 impl AgentAccess {
@@ -134,24 +138,41 @@ impl AgentAccess {
         Self::to_pod(cluster, pod)
     }
 
+    /// Port-forwards to `pod` and waits until the reader's token is allowed: a fresh binding
+    /// takes a moment to reach the API server's authorizer, and the agent keeps a refusal for
+    /// 10 s.
     fn to_pod(cluster: &Cluster, pod: String) -> anyhow::Result<Self> {
         let forward = cluster.port_forward(AGENT_NAMESPACE, &pod, 9477)?;
-        Ok(Self { pod, forward })
+        let token = cluster
+            .service_account_token(READER_ACCOUNT, &[METRICS_READER_ROLE, API_READER_ROLE])?;
+        let access = Self {
+            pod,
+            forward,
+            token,
+        };
+        wait_for(
+            "the reader's token to be allowed by the agent",
+            Duration::from_secs(60),
+            &mut || {
+                let status = |path| Ok::<_, anyhow::Error>(access.get(path)?.0);
+                Ok((status("/api/v1/status")? == 200 && status("/metrics")? == 200).then_some(()))
+            },
+        )?;
+        Ok(access)
+    }
+
+    /// `GET path` with the reader's token: status and body.
+    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_as(self.forward.addr, "GET", path, Some(&self.token))
     }
 
     fn profiles(&self) -> anyhow::Result<Vec<Value>> {
-        profiles(&self.forward.url())
+        profiles(&self.forward.url(), &self.token)
     }
 
     /// `GET /api/v1/status`.
     fn status(&self) -> anyhow::Result<Value> {
-        let addr: SocketAddr = self
-            .forward
-            .url()
-            .trim_start_matches("http://")
-            .parse()
-            .context("port-forward address")?;
-        Ok(get_json(addr, "/api/v1/status")?.1)
+        Ok(get_json_as(self.forward.addr, "/api/v1/status", Some(&self.token))?.1)
     }
 
     /// Polls the profiles until `check` accepts them (90 s).
@@ -200,6 +221,14 @@ fn rendered_kind<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
         .iter()
         .find(|o| o["kind"] == kind)
         .unwrap_or_else(|| panic!("deploy/overlays/dev renders no {kind}"))
+}
+
+/// The rendered object of `kind` named `name` (there are several ClusterRoles).
+fn rendered_named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("deploy/overlays/dev renders no {kind} {name}"))
 }
 
 /// Every field `want` sets has the same value in `have` (the API adds defaults).
@@ -271,10 +300,15 @@ fn daemonset_ready_with_deploys_rbac_and_security_context() -> anyhow::Result<()
     assert_eq!(have_container["args"], want_container["args"]);
     assert_subset("volumes", &want_pod["volumes"], &have_pod["volumes"]);
 
-    let want_role = rendered_kind(&objects, "ClusterRole");
-    let have_role = cluster.json(&["get", "clusterrole", "syscall-recorder"])?;
-    assert_eq!(have_role["rules"], want_role["rules"], "ClusterRole rules");
-    let want_binding = rendered_kind(&objects, "ClusterRoleBinding");
+    for role in ["syscall-recorder", METRICS_READER_ROLE, API_READER_ROLE] {
+        let want_role = rendered_named(&objects, "ClusterRole", role);
+        let have_role = cluster.json(&["get", "clusterrole", role])?;
+        assert_eq!(
+            have_role["rules"], want_role["rules"],
+            "ClusterRole {role} rules"
+        );
+    }
+    let want_binding = rendered_named(&objects, "ClusterRoleBinding", "syscall-recorder");
     let have_binding = cluster.json(&["get", "clusterrolebinding", "syscall-recorder"])?;
     assert_eq!(have_binding["roleRef"], want_binding["roleRef"]);
     assert_eq!(have_binding["subjects"], want_binding["subjects"]);
@@ -540,6 +574,8 @@ fn delivered_profile_is_enforced_by_the_kubelet() -> anyhow::Result<()> {
                 "oci",
                 "--server",
                 &agent.forward.url(),
+                "--token",
+                &agent.token,
             ]);
             if !output.status.success() {
                 return Ok(None);
@@ -891,8 +927,13 @@ fn kubeconfig_credentials(cluster: &Cluster, dir: &std::path::Path) -> anyhow::R
     Ok(())
 }
 
+/// The ServiceAccount whose token the test Prometheus scrapes with: bound to the metrics
+/// reader role only.
+const SCRAPER_ACCOUNT: &str = "ct-scraper";
+
 /// 5. Prometheus finds the agent pod through `kubernetes_sd_configs` (role pod, the API server
-///    with the test kubeconfig's client certificate) and scrapes series named by workload.
+///    with the test kubeconfig's client certificate) and scrapes series named by workload, with
+///    a token of a service account bound to the metrics reader role.
 #[test]
 fn prometheus_discovers_the_agent_pod_and_scrapes_workload_series() -> anyhow::Result<()> {
     let _lock = cluster_lock();
@@ -910,6 +951,10 @@ fn prometheus_discovers_the_agent_pod_and_scrapes_workload_series() -> anyhow::R
 
     let dir = tempfile::tempdir()?;
     kubeconfig_credentials(&cluster, dir.path())?;
+    // Prometheus scrapes with a service account token allowed to get /metrics only, as
+    // deploy/overlays/prometheus-operator binds Prometheus' own account.
+    let scraper = cluster.service_account_token(SCRAPER_ACCOUNT, &[METRICS_READER_ROLE])?;
+    write_private(&dir.path().join("scrape.token"), scraper.as_bytes())?;
     let path = |file: &str| dir.path().join(file).display().to_string();
     let config = format!(
         "global:
@@ -917,6 +962,8 @@ fn prometheus_discovers_the_agent_pod_and_scrapes_workload_series() -> anyhow::R
   evaluation_interval: 2s
 scrape_configs:
   - job_name: syscall-recorder-pods
+    authorization:
+      credentials_file: {token}
     kubernetes_sd_configs:
       - role: pod
         api_server: {API_SERVER}
@@ -939,6 +986,7 @@ scrape_configs:
         ca = path("ca.crt"),
         cert = path("client.crt"),
         key = path("client.key"),
+        token = path("scrape.token"),
     );
     fs::write(dir.path().join("prometheus.yml"), config)?;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
@@ -1039,7 +1087,7 @@ fn the_agent_excludes_itself_and_counts_the_hosts_pid_1() -> anyhow::Result<()> 
     // Keep the agent busy: API requests, and its own collection every second.
     while started.elapsed() < Duration::from_secs(6) {
         agent.profiles()?;
-        let _ = http(agent.forward.addr, "GET", "/metrics");
+        let _ = agent.get("/metrics");
     }
     std::thread::sleep(Duration::from_secs(2));
     let after = agent.profiles()?;
@@ -1141,6 +1189,13 @@ rules:
   - apiGroups: [\"\"]
     resources: [pods]
     verbs: [list, watch]
+  # Kept: without them the agent cannot authorize this test's reads of its API (503).
+  - apiGroups: [authentication.k8s.io]
+    resources: [tokenreviews]
+    verbs: [create]
+  - apiGroups: [authorization.k8s.io]
+    resources: [subjectaccessreviews]
+    verbs: [create]
 ",
     )?;
     cluster.wait_for("the agent's gets denied", Duration::from_secs(30), || {
@@ -1372,6 +1427,96 @@ fn workload_profiles_are_published_as_syscall_profiles() -> anyhow::Result<()> {
     assert_eq!(
         after["metadata"]["resourceVersion"], version,
         "a pass wrote although the syscall set did not change"
+    );
+    Ok(())
+}
+
+/// The agent's API and /metrics need a Kubernetes token whose account may get the path; the
+/// probes need nothing. The reader (both roles) gets 200, a valid token without a binding 403,
+/// the metrics-only scraper 200 on /metrics and 403 on the API, no or a bogus token 401. The
+/// client commands say what is missing in one line.
+#[test]
+fn agent_http_requires_kubernetes_auth() -> anyhow::Result<()> {
+    let _lock = cluster_lock();
+    let Some(cluster) = Cluster::get() else {
+        return Ok(());
+    };
+    let agent = AgentAccess::new(&cluster)?;
+    let addr = agent.forward.addr;
+    let nobody = cluster.service_account_token("ct-nobody", &[])?;
+    let scraper = cluster.service_account_token(SCRAPER_ACCOUNT, &[METRICS_READER_ROLE])?;
+    let status = |path: &str, token: Option<&str>| -> anyhow::Result<u16> {
+        Ok(http_as(addr, "GET", path, token)?.0)
+    };
+
+    assert_eq!(status("/healthz", None)?, 200);
+    assert_eq!(status("/readyz", None)?, 200);
+    for path in ["/metrics", "/api/v1/profiles", "/api/v1/status"] {
+        assert_eq!(status(path, None)?, 401, "{path} without a token");
+        assert_eq!(
+            status(path, Some("not-a-kubernetes-token"))?,
+            401,
+            "{path} with a bogus token"
+        );
+        assert_eq!(
+            status(path, Some(&nobody))?,
+            403,
+            "{path} without a binding"
+        );
+        assert_eq!(
+            status(path, Some(&agent.token))?,
+            200,
+            "{path} with the reader"
+        );
+    }
+    let (code, body) = http_as(addr, "GET", "/api/v1/profiles", Some(&nobody))?;
+    assert_eq!(code, 403);
+    assert!(
+        body.contains("system:serviceaccount:syscall-recorder:ct-nobody")
+            && body.contains("get /api/v1/profiles"),
+        "the refusal names user, verb and path: {body}"
+    );
+    // The scraper's binding may take a moment to reach the authorizer, and a refusal is
+    // cached for 10 s.
+    wait_for(
+        "the scraper's token to be allowed on /metrics",
+        Duration::from_secs(60),
+        &mut || Ok((status("/metrics", Some(&scraper))? == 200).then_some(())),
+    )?;
+    assert_eq!(
+        status("/api/v1/profiles", Some(&scraper))?,
+        403,
+        "the metrics reader cannot read profiles"
+    );
+
+    let url = agent.forward.url();
+    let output = agent_cli(&["profiles", "--server", &url]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "the agent at {url} requires a Kubernetes bearer token: pass --token or --token-file"
+        )),
+        "{stderr}"
+    );
+    let output = agent_cli(&["profiles", "--server", &url, "--token", &nobody]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("forbidden: user"), "{stderr}");
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    write_private(&token_file, agent.token.as_bytes())?;
+    let output = agent_cli(&[
+        "profiles",
+        "--server",
+        &url,
+        "--token-file",
+        token_file.to_str().context("utf-8 path")?,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
 }

@@ -12,10 +12,11 @@ use clap::CommandFactory as _;
 use recorder_agent::config::Cli;
 use serde_json::Value;
 
-const OVERLAYS: [&str; 3] = [
+const OVERLAYS: [&str; 4] = [
     "base",
     "overlays/prometheus-operator",
     "overlays/privileged",
+    "overlays/spo",
 ];
 
 fn deploy_dir() -> PathBuf {
@@ -50,6 +51,26 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
         .iter()
         .find(|o| o["kind"] == kind)
         .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+fn find_named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+/// `(nonResourceURLs, verbs)` of each rule of a ClusterRole.
+fn non_resource_rules(role: &Value) -> Vec<(Value, Value)> {
+    role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|rule| {
+            assert!(rule.get("resources").is_none(), "{rule}");
+            (rule["nonResourceURLs"].clone(), rule["verbs"].clone())
+        })
+        .collect()
 }
 
 #[test]
@@ -266,7 +287,7 @@ fn the_daemonset_asks_for_what_the_agent_uses() {
 #[test]
 fn the_cluster_role_grants_exactly_the_api_calls_the_agent_makes() {
     let (_, objects) = render("base");
-    let role = find(&objects, "ClusterRole");
+    let role = find_named(&objects, "ClusterRole", "syscall-recorder");
     let mut granted = BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
         for group in rule["apiGroups"].as_array().expect("groups") {
@@ -291,7 +312,8 @@ fn the_cluster_role_grants_exactly_the_api_calls_the_agent_makes() {
         })
         .collect();
     assert_eq!(granted, needed);
-    let binding = find(&objects, "ClusterRoleBinding");
+    let binding = find_named(&objects, "ClusterRoleBinding", "syscall-recorder");
+    assert_eq!(binding["roleRef"]["name"], "syscall-recorder");
     let account = find(&objects, "ServiceAccount");
     assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
     assert_eq!(
@@ -303,6 +325,54 @@ fn the_cluster_role_grants_exactly_the_api_calls_the_agent_makes() {
         ds["spec"]["template"]["spec"]["serviceAccountName"],
         account["metadata"]["name"]
     );
+    // The agent reviews callers (it needs the reviews granted above) and says so explicitly.
+    let args = &ds["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--http-auth=kubernetes"),
+        "{args}"
+    );
+}
+
+#[test]
+fn reader_roles_grant_the_metrics_url_and_reading_syscall_profiles_only() {
+    let (_, objects) = render("base");
+    let metrics = find_named(&objects, "ClusterRole", "syscall-recorder-metrics-reader");
+    assert_eq!(
+        non_resource_rules(metrics),
+        [(serde_json::json!(["/metrics"]), serde_json::json!(["get"]))]
+    );
+    // The profiles are reviewed as SyscallProfiles (`/api/*` as a URL is every
+    // authenticated user's through system:discovery).
+    let api = find_named(&objects, "ClusterRole", "syscall-recorder-api-reader");
+    assert_eq!(
+        api["rules"],
+        serde_json::json!([{"apiGroups": ["syscall-recorder.io"], "resources": ["syscallprofiles"], "verbs": ["get", "list"]}])
+    );
+    let reviewed = recorder_agent::serve::auth::access_attributes(
+        "get",
+        &format!(
+            "{}/shop/Deployment/web/app",
+            recorder_agent::serve::api::PROFILES_PATH
+        ),
+    );
+    let attributes = reviewed.resource_attributes.expect("resource attributes");
+    assert_eq!(attributes.resource.as_deref(), Some("syscallprofiles"));
+    assert_eq!(attributes.namespace.as_deref(), Some("shop"));
+    // The probes are open.
+    assert_eq!(
+        recorder_agent::serve::auth::OPEN_PATHS,
+        ["/healthz", "/readyz"]
+    );
+    // The base binds them to no one: who reads is the installer's choice.
+    let bound: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding")
+        .map(|o| &o["roleRef"]["name"])
+        .collect();
+    assert_eq!(bound, [&serde_json::json!("syscall-recorder")]);
 }
 
 #[test]
@@ -311,8 +381,69 @@ fn overlays_do_what_they_say() {
     let sc = &find(&objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["privileged"], true);
 
+    // SPO publishing: the flag, and exactly the grant a server-side apply needs.
+    let (_, objects) = render("overlays/spo");
+    let args = &find(&objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .expect("args")
+            .iter()
+            .any(|arg| arg == "--publish-spo"),
+        "{args}"
+    );
+    let spo_role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "syscall-recorder-spo")
+        .expect("the SPO ClusterRole");
+    assert_eq!(
+        spo_role["rules"][0]["apiGroups"][0],
+        "security-profiles-operator.x-k8s.io"
+    );
+    assert_eq!(
+        spo_role["rules"][0]["verbs"],
+        serde_json::json!(["get", "create", "patch"])
+    );
+
     let (_, objects) = render("overlays/prometheus-operator");
     let monitor = find(&objects, "PodMonitor");
+    let agent_namespace = &find(&objects, "DaemonSet")["metadata"]["namespace"];
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        serde_json::json!([agent_namespace])
+    );
+    // Prometheus scrapes with its service account's token, which may get /metrics.
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["authorization"]["type"], "Bearer");
+    let credentials = &endpoint["authorization"]["credentials"];
+    assert_eq!(credentials["key"], "token");
+    let secret = find_named(
+        &objects,
+        "Secret",
+        credentials["name"].as_str().expect("secret name"),
+    );
+    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
+    assert_eq!(
+        secret["metadata"]["namespace"],
+        monitor["metadata"]["namespace"]
+    );
+    let binding = find_named(
+        &objects,
+        "ClusterRoleBinding",
+        "syscall-recorder-prometheus",
+    );
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "syscall-recorder-metrics-reader"
+    );
+    find_named(&objects, "ClusterRole", "syscall-recorder-metrics-reader");
+    let subject = &binding["subjects"][0];
+    assert_eq!(subject["kind"], "ServiceAccount");
+    assert_eq!(
+        subject["name"], secret["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        "the token is the bound account's"
+    );
+    assert_eq!(subject["namespace"], secret["metadata"]["namespace"]);
     let ds = find(&objects, "DaemonSet");
     let labels = &ds["spec"]["template"]["metadata"]["labels"];
     for (key, value) in monitor["spec"]["selector"]["matchLabels"]
@@ -330,9 +461,5 @@ fn overlays_do_what_they_say() {
     assert!(
         ports.iter().any(|p| p["name"] == port),
         "PodMonitor port {port}"
-    );
-    assert_eq!(
-        monitor["metadata"]["namespace"],
-        ds["metadata"]["namespace"]
     );
 }

@@ -13,8 +13,9 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 use tests::{
-    Agent, Container, count, count_any, fake_apiserver::FakeApiServer, http, kubepods_path, poll,
-    privileged, random_hex64, random_uid, runc_lock,
+    Agent, Container, count, count_any,
+    fake_apiserver::{self, FakeApiServer},
+    http, http_as, kubepods_path, poll, privileged, random_hex64, random_uid, runc_lock,
 };
 
 const NODE: &str = "node-a";
@@ -109,13 +110,17 @@ fn k8s_agent(server: &FakeApiServer, interval: &str) -> anyhow::Result<Agent> {
             NODE,
             "--interval",
             interval,
-            // The fake serves pods, ReplicaSets and Jobs only; publishing SyscallProfiles is
-            // tested against the real API server (tests/tests/cluster.rs).
+            // The fake serves pods, ReplicaSets, Jobs and the reviews of HTTP callers;
+            // publishing SyscallProfiles is tested against the real API server
+            // (tests/tests/cluster.rs).
             "--publish=false",
         ],
         None,
         state_dir,
     )
+    // Kubernetes mode reviews HTTP callers (--http-auth auto): the harness reads the API
+    // with a token the fake allows.
+    .map(|agent| agent.with_token(fake_apiserver::READER_TOKEN))
 }
 
 #[test]
@@ -256,6 +261,27 @@ fn replicas_merge_cronjob_resolves_and_short_lived_containers_count() {
     assert!(
         count(&job, "execve") >= 1,
         "the job's own start counted: {job}"
+    );
+
+    // The API and /metrics answer the allowed token only; the probes anyone.
+    for path in ["/api/v1/profiles", "/metrics"] {
+        let status = |token| http_as(agent.addr, "GET", path, token).expect(path).0;
+        assert_eq!(status(None), 401, "{path} without a token");
+        assert_eq!(status(Some("expired")), 401, "{path} with an invalid token");
+        assert_eq!(
+            status(Some(fake_apiserver::NOBODY_TOKEN)),
+            403,
+            "{path} without the permission"
+        );
+        assert_eq!(status(Some(fake_apiserver::READER_TOKEN)), 200, "{path}");
+    }
+    assert_eq!(http(agent.addr, "GET", "/healthz").expect("healthz").0, 200);
+    let requests = server.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("/apis/authorization.k8s.io/v1/subjectaccessreviews")),
+        "callers reviewed through the API: {requests:?}"
     );
 }
 

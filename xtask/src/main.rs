@@ -315,7 +315,8 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The real-cluster tests: cluster up, the agent image built and imported, tests/tests/cluster.rs,
+/// The real-cluster tests: cluster up, the agent image built and imported, tests/tests/cluster.rs
+/// and cluster_fleet.rs,
 /// and the cluster down again whatever happened (the timings go to target/cluster/timings.log).
 fn cluster_tests(binary: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -332,6 +333,8 @@ fn cluster_tests(binary: &Path) -> anyhow::Result<()> {
                     "tests",
                     "--test",
                     "cluster",
+                    "--test",
+                    "cluster_fleet",
                     "--",
                     "--test-threads=1",
                 ])

@@ -63,7 +63,13 @@ impl CollectionLoop {
             }
             self.round();
             if let Some(delivery) = &mut self.delivery {
-                delivery.deliver(&self.shared.profiles);
+                delivery.deliver(&self.shared.profiles, self.shared.cluster.as_deref());
+            }
+            if let Some(view) = self.shared.cluster.as_deref().filter(|view| view.synced()) {
+                let now = std::time::SystemTime::now();
+                self.shared
+                    .profiles
+                    .update(|store| view.align_baselines(store, now));
             }
             // Slots of removed cgroups are given back only once a save covers their last
             // counts; under churn that means a save about every second.

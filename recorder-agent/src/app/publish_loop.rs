@@ -45,6 +45,13 @@ pub async fn run<O: ProfileObjects + Send>(
             .filter(|profile| publishable(&profile.identity))
             .cloned()
             .collect();
+        // A deleted object (kubectl delete, a namespace recreated, a restore) gets this node's
+        // contribution again.
+        if let Some(view) = &shared.cluster {
+            for identity in view.take_deleted() {
+                publisher.forget(&identity);
+            }
+        }
         let result = publisher.pass(&profiles, SystemTime::now()).await;
         status.passes += 1;
         match result {

@@ -18,10 +18,15 @@ use crate::{
         kubernetes,
     },
     collection::Collector,
-    config::{KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
+    config::{HttpAuth, KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
     export::{
         delivery::{self, Delivery},
-        publish::publisher::{KubeObjects, Publisher},
+        publish::{
+            publisher::{KubeObjects, Publisher},
+            spo,
+            view::ClusterView,
+            watch::{self, WatchReport},
+        },
     },
     kernel::{self, LoadOptions, Recorder, SkipTask},
     profile::{
@@ -31,10 +36,39 @@ use crate::{
     report::Report,
     serve::{
         self, Shared,
+        auth::{Gate, KubeReviewer},
         metrics::{Metrics, MetricsOptions},
-        state::Condition,
+        state::{ClusterStatus, Condition},
     },
 };
+
+/// The profile watch's reports, into `/api/v1/status`.
+struct ClusterReport(Arc<Shared>);
+
+impl ClusterReport {
+    fn update(&self, change: impl FnOnce(&mut ClusterStatus)) {
+        let mut status = self
+            .0
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(status.cluster.get_or_insert_with(ClusterStatus::default));
+    }
+}
+
+impl WatchReport for ClusterReport {
+    fn listed(&self, objects: usize) {
+        self.update(|status| {
+            status.objects = objects;
+            status.synced = true;
+            status.last_error = None;
+        });
+    }
+
+    fn failed(&self, error: &str) {
+        self.update(|status| status.last_error = Some(error.to_owned()));
+    }
+}
 
 /// `recorder-agent unpin`: removes the pins an agent left (uninstall).
 pub fn unpin(args: &UnpinArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -76,6 +110,33 @@ fn kubernetes_wanted(args: &RunArgs) -> bool {
     }
 }
 
+/// The authorization of HTTP callers `--http-auth` asks for (said at start), or an error when
+/// it needs a Kubernetes client the agent does not have.
+fn http_gate(
+    args: &RunArgs,
+    client: Option<&kube::Client>,
+) -> anyhow::Result<Option<Arc<Gate<KubeReviewer>>>> {
+    let client = match (args.http_auth, client) {
+        (HttpAuth::None, _) | (HttpAuth::Auto, None) => {
+            if client.is_some() || !args.listen.ip().is_loopback() {
+                warn!(listen = %args.listen, "HTTP authorization is off: the API and /metrics \
+                    answer anyone who reaches the listen address (--http-auth)");
+            } else {
+                info!(listen = %args.listen, "HTTP authorization is off (standalone, loopback)");
+            }
+            return Ok(None);
+        }
+        (HttpAuth::Kubernetes, None) => bail!(
+            "--http-auth kubernetes needs Kubernetes mode (--kubernetes on, or auto with cluster access)"
+        ),
+        (HttpAuth::Kubernetes | HttpAuth::Auto, Some(client)) => client,
+    };
+    info!(listen = %args.listen, open = ?serve::auth::OPEN_PATHS,
+        "HTTP authorization: Kubernetes bearer tokens (TokenReview) allowed to read /metrics \
+         (nonResourceURLs) or the SyscallProfiles a request shows (SubjectAccessReview)");
+    Ok(Some(Arc::new(Gate::new(KubeReviewer::new(client.clone())))))
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Kubernetes mode: the node name and a client first, so a misconfiguration fails before
@@ -94,6 +155,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let gate = http_gate(&args, kubernetes.as_ref().map(|(client, _)| client))?;
     let arch =
         Arch::host().context("unsupported architecture (x86_64 and aarch64 are supported)")?;
     let cgroup_root = cgroup::cgroup2_root(args.cgroup_root.as_deref())?;
@@ -112,9 +174,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         capacity: args.max_cgroups,
         arch: Some(arch),
     })?;
-    let shared = Arc::new(Shared::new(arch, args.stable_after).with_metrics(metrics));
+    let mut shared = Shared::new(arch, args.stable_after).with_metrics(metrics);
+    let cluster_view =
+        (kubernetes.is_some() && args.publish).then(|| Arc::new(ClusterView::default()));
+    if let Some(view) = &cluster_view {
+        shared = shared.with_cluster(Arc::clone(view));
+    }
+    let shared = Arc::new(shared);
     let attribution = kubernetes.map(|(client, options)| {
         shared.readiness.require(Condition::PodsSynced);
+        if let Some(view) = &cluster_view {
+            info!("watching the cluster's SyscallProfiles: this node delivers every workload's merged profile");
+            tokio::spawn(watch::watch_profiles(
+                client.clone(),
+                KubeObjects::new(client.clone()),
+                Arc::clone(view),
+                arch,
+                ClusterReport(Arc::clone(&shared)),
+            ));
+            if args.publish_spo {
+                tokio::spawn(spo::publish_spo(
+                    client.clone(),
+                    Arc::clone(view),
+                    arch,
+                    options.node_name.clone(),
+                ));
+            }
+        } else if args.publish_spo {
+            warn!("--publish-spo needs --publish: no SeccompProfile is published");
+        }
         if args.publish {
             shared.readiness.require(Condition::Publishing);
             let publisher = Publisher::new(
@@ -200,8 +288,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the collection thread")?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = serve::router_with_auth(Arc::clone(&shared), gate);
     let server = tokio::spawn(async move {
-        axum::serve(listener, serve::router(Arc::clone(&shared)))
+        axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 let _ = shutdown_rx.await;
             })

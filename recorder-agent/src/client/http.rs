@@ -76,6 +76,12 @@ pub enum HttpError {
         /// The limit.
         limit: u64,
     },
+    /// The bearer token cannot be sent.
+    #[error("bad bearer token: {reason}")]
+    BadToken {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The runtime that drives the request could not start.
     #[error("cannot start the HTTP client")]
     Runtime {
@@ -85,8 +91,8 @@ pub enum HttpError {
     },
 }
 
-/// A server base URL, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A server base URL, checked, and the bearer token sent to it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Server {
     /// `host[:port]` as given (IPv6 hosts in brackets); hyper defaults the port to 80.
     authority: String,
@@ -94,6 +100,18 @@ pub struct Server {
     prefix: String,
     url: String,
     timeout: Duration,
+    /// Sent as `Authorization: Bearer`; never printed.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -133,7 +151,19 @@ impl Server {
             prefix: prefix.to_owned(),
             url: url.trim_end_matches('/').to_owned(),
             timeout: TIMEOUT,
+            token: None,
         })
+    }
+
+    /// The same server, with every request carrying `Authorization: Bearer TOKEN`.
+    #[must_use]
+    pub fn with_token(self, token: Option<String>) -> Self {
+        Self { token, ..self }
+    }
+
+    /// Whether requests carry a bearer token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The same server with another timeout for the answer's head and each piece of its body.
@@ -170,6 +200,15 @@ impl Server {
             header::USER_AGENT,
             HeaderValue::from_static(concat!("recorder-agent/", env!("CARGO_PKG_VERSION"))),
         );
+        if let Some(token) = &self.token {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                HttpError::BadToken {
+                    reason: "it contains characters not allowed in an HTTP header",
+                }
+            })?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -358,6 +397,24 @@ mod tests {
             "{head}"
         );
         assert!(head.contains("\r\naccept: application/json\r\n"), "{head}");
+        assert!(!head.contains("authorization"), "{head}");
+        let (server, head) = canned_at(
+            "",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            Duration::ZERO,
+        );
+        let server = server.with_token(Some("t0k.en".to_owned()));
+        assert!(!format!("{server:?}").contains("t0k.en"));
+        server.get("/metrics").expect("answer");
+        let head = head.recv().expect("request");
+        assert!(
+            head.contains("\r\nauthorization: Bearer t0k.en\r\n"),
+            "{head}"
+        );
+        let bad = Server::parse("http://127.0.0.1:1")
+            .expect("url")
+            .with_token(Some("a\nb".to_owned()));
+        assert!(matches!(bad.get("/"), Err(HttpError::BadToken { .. })));
     }
 
     #[test]

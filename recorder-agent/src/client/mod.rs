@@ -1,6 +1,7 @@
 //! The client commands: `profiles`, `export`, `diff` and `merge`, talking to an agent's HTTP
 //! API (or to Prometheus) and reading profile files.
 
+pub mod cluster;
 pub mod http;
 mod output;
 pub mod promql;
@@ -14,7 +15,11 @@ use serde_json::Value;
 use self::output::{emit, pretty};
 use crate::{
     client::http::{HttpError, Server},
-    config::{DiffArgs, ExportArgs, ListOutput, MergeArgs, ProfilesArgs},
+    config::{
+        DEFAULT_SERVER, DiffArgs, ExportArgs, ListOutput, MergeArgs, ModeArgs, ProfilesArgs,
+        TokenArgs,
+    },
+    export::publish::Mode,
     export::seccomp::{OciSeccomp, SpoSeccompProfile},
     export::{
         Format,
@@ -39,8 +44,26 @@ pub fn parse_selector(selector: &str) -> Result<Identity, String> {
     })
 }
 
-/// GETs `path` and returns the body of a 200; a 404 names the missing thing, other errors
-/// carry the agent's message.
+/// The agent at `url` with the token of `--token`, `RECORDER_TOKEN` or `--token-file`.
+fn agent_server(url: &str, auth: &TokenArgs) -> anyhow::Result<Server> {
+    let token = match (&auth.token, &auth.token_file) {
+        (Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the token file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if token.as_deref().is_some_and(str::is_empty) {
+        bail!("the bearer token is empty (--token, RECORDER_TOKEN or --token-file)");
+    }
+    Ok(Server::parse(url)?.with_token(token))
+}
+
+/// GETs `path` and returns the body of a 200; a 401/403 says what credentials are missing, a
+/// 404 names the missing thing, other errors carry the agent's message.
 fn get_ok(server: &Server, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     let (status, body) = server.get(path).map_err(|err| {
         let unreachable = matches!(err, HttpError::Unreachable { .. });
@@ -61,6 +84,18 @@ fn get_ok(server: &Server, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
         .ok()
         .and_then(|value| value["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+    match status {
+        401 if !server.has_token() => bail!(
+            "the agent at {} requires a Kubernetes bearer token: pass --token or --token-file",
+            server.url()
+        ),
+        401 => bail!(
+            "the agent at {} does not accept the bearer token: {message}",
+            server.url()
+        ),
+        403 => bail!("{message} (the agent at {})", server.url()),
+        _ => {}
+    }
     if status == 404 {
         bail!(
             "{what} not found on {} ({message}); `recorder-agent profiles` lists what it has",
@@ -131,9 +166,21 @@ fn table(rows: &[ListedProfile]) -> String {
     out
 }
 
+/// The agent to ask: `--server`, else the default URL; `None` when the cluster is asked.
+fn agent_url(server: Option<&str>, cluster: &crate::config::ClusterArgs) -> Option<String> {
+    match server {
+        Some(url) => Some(url.to_owned()),
+        None if cluster::wanted(cluster) => None,
+        None => Some(DEFAULT_SERVER.to_owned()),
+    }
+}
+
 /// `recorder-agent profiles`.
 pub fn profiles(args: ProfilesArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::parse(&args.server)?;
+    let Some(url) = agent_url(args.server.as_deref(), &args.cluster) else {
+        return cluster::profiles(&args.cluster, args.namespace.as_deref(), args.output);
+    };
+    let server = agent_server(&url, &args.auth)?;
     let body = get_ok(&server, PROFILES_PATH, "the profiles endpoint")?;
     let value: Value = serde_json::from_slice(&body)
         .with_context(|| format!("{} answered with something that is not JSON", server.url()))?;
@@ -161,7 +208,19 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let server = Server::parse(&args.server)?;
+    let Some(url) = agent_url(args.server.as_deref(), &args.cluster) else {
+        let (bytes, syscalls) = cluster::export(&args.cluster, &identity, args.format)?;
+        emit(args.output.as_deref(), &bytes)?;
+        if let Some(output) = &args.output {
+            eprintln!(
+                "recorder-agent: wrote {} ({}, {syscalls} syscalls) of {identity} from the cluster",
+                output.display(),
+                args.format
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let server = agent_server(&url, &args.auth)?;
     let format = args.format;
     let path = format!("{PROFILES_PATH}/{}?format={format}", identity.url_path());
     let body = get_ok(&server, &path, &format!("profile {identity}"))?;
@@ -241,9 +300,24 @@ fn diff_report(old: &Policy, new: &Policy, diff: &compare::Diff) -> String {
 /// `recorder-agent diff`: exit 0 when NEW allows nothing OLD does not, 1 when it needs more,
 /// 2 when the files cannot be compared (reported here, since `main` maps errors to 1).
 pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let read = |path: &std::path::Path| -> anyhow::Result<Policy> {
+        // A selector names the cluster's current profile: not an existing file, and its kind
+        // is a Kubernetes kind (capitalised), so a mistyped `out/a/b/c.json` stays a file.
+        if !path.exists()
+            && let Some(identity) = path.to_str().and_then(|text| parse_selector(text).ok())
+            && identity
+                .workload_kind
+                .as_str()
+                .starts_with(|c: char| c.is_ascii_uppercase())
+            && !identity.namespace.is_empty()
+        {
+            return cluster::policy(&args.cluster, &identity);
+        }
+        Ok(compare::read_policy(path)?)
+    };
     let result = (|| -> anyhow::Result<(Policy, Policy, compare::Diff)> {
-        let old = compare::read_policy(&args.old)?;
-        let new = compare::read_policy(&args.new)?;
+        let old = read(&args.old)?;
+        let new = read(&args.new)?;
         let diff = compare::diff(&old, &new)?;
         Ok((old, new, diff))
     })();
@@ -257,6 +331,18 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_USAGE))
         }
     }
+}
+
+/// `recorder-agent freeze` (`mode` Frozen) and `unfreeze` (Learning).
+pub fn set_mode(args: ModeArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let identity = match parse_selector(&args.selector) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("recorder-agent: error: {message}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    cluster::set_mode(&args.cluster, &identity, mode, args.wait)
 }
 
 /// `recorder-agent merge`.
@@ -344,6 +430,85 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("--server") && !text.contains('\n'), "{text}");
+    }
+
+    /// A server that answers one request with `status` and an agent error body.
+    fn answering(status: &'static str, error: &'static str) -> String {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let body = format!("{{\"error\":\"{error}\"}}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn missing_or_refused_credentials_are_explained() {
+        let no_token = TokenArgs {
+            token: None,
+            token_file: None,
+        };
+        let url = answering("401 Unauthorized", "no bearer token");
+        let server = agent_server(&url, &no_token).expect("server");
+        let err = get_ok(&server, PROFILES_PATH, "profiles").expect_err("401");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the agent at {url} requires a Kubernetes bearer token: pass --token or --token-file"
+            )
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "tok\n").expect("write");
+        let from_file = TokenArgs {
+            token: None,
+            token_file: Some(file),
+        };
+        let url = answering(
+            "403 Forbidden",
+            "forbidden: user \\\"sa\\\" cannot get /api/v1/profiles",
+        );
+        let server = agent_server(&url, &from_file).expect("server");
+        assert!(server.has_token());
+        let err = get_ok(&server, PROFILES_PATH, "profiles").expect_err("403");
+        assert_eq!(
+            err.to_string(),
+            format!("forbidden: user \"sa\" cannot get /api/v1/profiles (the agent at {url})")
+        );
+
+        let url = answering("401 Unauthorized", "the bearer token is not valid: expired");
+        let token = TokenArgs {
+            token: Some("old".to_owned()),
+            token_file: None,
+        };
+        let server = agent_server(&url, &token).expect("server");
+        let err = get_ok(&server, PROFILES_PATH, "profiles").expect_err("401");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the agent at {url} does not accept the bearer token: the bearer token is not valid: expired"
+            )
+        );
+        let empty = TokenArgs {
+            token: Some(" ".to_owned()),
+            token_file: None,
+        };
+        assert!(agent_server(&url, &empty).is_err());
     }
 
     #[test]

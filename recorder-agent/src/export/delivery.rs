@@ -3,6 +3,11 @@
 //! (OCI seccomp, `_` for an empty part, the kind lowercased), written atomically and only when
 //! its syscall set changed. Owns the rule that keeps names from the cgroup tree or the API from
 //! ever addressing a file outside `DIR`.
+//!
+//! In Kubernetes mode a workload container with a `SyscallProfile` object gets the cluster's
+//! file: the merged (or frozen) set of every node, rendered the same way on every node of an
+//! architecture, byte for byte, also where the workload never ran. Everything else, and
+//! everything before the objects are listed, gets what this node learned.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::kubernetes::counted_apart,
     export::Format,
+    export::publish::{publishable, view::ClusterView},
     export::seccomp,
     profile::state::{self, StateError},
     profile::syscalls::Arch,
@@ -164,6 +170,8 @@ pub struct Delivery {
     rejected: HashSet<Identity>,
     failing: HashSet<Identity>,
     counters: Arc<DeliveryCounters>,
+    /// The cluster view's generation last delivered in full (`None`: deliver it next pass).
+    cluster_generation: Option<u64>,
 }
 
 /// Totals since start, for metrics (shared with whoever exports them).
@@ -192,6 +200,7 @@ impl Delivery {
             rejected: HashSet::new(),
             failing: HashSet::new(),
             counters: Arc::default(),
+            cluster_generation: None,
         })
     }
 
@@ -229,51 +238,128 @@ impl Delivery {
         }
     }
 
-    /// Writes every profile whose syscall set changed since it was last written. Profiles of
-    /// kind `Cgroup` (host services, not containers) are not delivered: no pod can use them.
-    /// The store is only read-locked to pick (and clone) the changed profiles, never during
-    /// the file writes and their fsyncs.
-    pub fn deliver(&mut self, store: &SharedProfiles) -> DeliveryStats {
+    /// Writes every profile whose syscall set changed since it was last written: the
+    /// cluster's profiles from `cluster` once it is synced, this node's own for every other
+    /// identity. Profiles of kind `Cgroup` (host services, not containers) are not delivered:
+    /// no pod can use them. The store is only read-locked to pick (and clone) the changed
+    /// profiles, never during the file writes and their fsyncs.
+    pub fn deliver(
+        &mut self,
+        store: &SharedProfiles,
+        cluster: Option<&ClusterView>,
+    ) -> DeliveryStats {
+        let hold = cluster.is_some_and(ClusterView::holds_existing_files);
+        let cluster = cluster.filter(|view| view.synced());
+        let mut stats = DeliveryStats::default();
+        if let Some(view) = cluster {
+            self.deliver_cluster(view, &mut stats);
+        }
         let changed: Vec<Profile> = store
             .read()
             .values()
-            .filter(|profile| self.needs_write(profile))
+            .filter(|profile| {
+                !cluster.is_some_and(|view| view.contains(&profile.identity))
+                    && self.needs_write(profile)
+                    && !(hold
+                        && publishable(&profile.identity)
+                        && self.file_exists(&profile.identity))
+            })
             .cloned()
             .collect();
-        let mut stats = DeliveryStats::default();
         for profile in &changed {
-            let identity = &profile.identity;
-            match self.write(profile) {
-                Ok(true) => {
-                    stats.written += 1;
-                    self.counters.written.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(err @ DeliveryError::UnsafeName { .. }) => {
-                    warn!(error = %Report(&err), "not delivering a profile: its name cannot be a path below the seccomp dir");
-                    self.rejected.insert(identity.clone());
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    stats.rejected += 1;
-                }
-                Err(err) => {
-                    // Logged once per identity until it works again; retried every pass.
-                    if self.failing.insert(identity.clone()) {
-                        warn!(error = %Report(&err), "delivering a profile failed; retrying every collection");
-                    }
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    stats.failed += 1;
-                }
-            }
+            let names: Vec<&str> = profile.syscalls.keys().map(String::as_str).collect();
+            let written = Written {
+                last_new_syscall: profile.last_new_syscall,
+                names: names.len(),
+                fingerprint: fingerprint(profile),
+            };
+            let bytes = seccomp::render(Format::Oci, profile, self.arch);
+            self.write_counted(&profile.identity, &bytes, written, &mut stats);
         }
         stats
     }
 
-    /// Writes one profile unless the file already holds exactly this content (a restart);
-    /// returns whether it wrote.
-    fn write(&mut self, profile: &Profile) -> Result<bool, DeliveryError> {
-        let identity = &profile.identity;
+    /// Whether `identity`'s file is there (a previous run, or another node's merge).
+    fn file_exists(&self, identity: &Identity) -> bool {
+        relative_path(identity).is_ok_and(|path| self.root.join(path).exists())
+    }
+
+    /// Writes the cluster's profiles whose delivered set changed, when the view changed (or a
+    /// write failed last time).
+    fn deliver_cluster(&mut self, view: &ClusterView, stats: &mut DeliveryStats) {
+        if self.cluster_generation == Some(view.generation()) {
+            return;
+        }
+        let (generation, profiles) = view.snapshot();
+        let failed_before = stats.failed;
+        for (identity, profile) in profiles {
+            // No node contributed (an object made by hand): no file rather than one that
+            // denies everything.
+            if self.rejected.contains(&identity) || profile.nodes == 0 {
+                continue;
+            }
+            let names: Vec<&str> = profile.delivered.iter().map(String::as_str).collect();
+            let fingerprint = seccomp::fnv1a64(&names);
+            if self
+                .written
+                .get(&identity)
+                .is_some_and(|last| last.fingerprint == fingerprint)
+            {
+                continue;
+            }
+            // Never matches a local profile's quick check, so a profile that goes back to
+            // local delivery is compared by its names.
+            let written = Written {
+                last_new_syscall: SystemTime::UNIX_EPOCH,
+                names: usize::MAX,
+                fingerprint,
+            };
+            let bytes = render_names(&names, self.arch);
+            self.write_counted(&identity, &bytes, written, stats);
+        }
+        self.cluster_generation = (stats.failed == failed_before).then_some(generation);
+    }
+
+    /// Writes one file and accounts for the outcome.
+    fn write_counted(
+        &mut self,
+        identity: &Identity,
+        bytes: &[u8],
+        written: Written,
+        stats: &mut DeliveryStats,
+    ) {
+        match self.write(identity, bytes, written) {
+            Ok(true) => {
+                stats.written += 1;
+                self.counters.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(err @ DeliveryError::UnsafeName { .. }) => {
+                warn!(error = %Report(&err), "not delivering a profile: its name cannot be a path below the seccomp dir");
+                self.rejected.insert(identity.clone());
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                stats.rejected += 1;
+            }
+            Err(err) => {
+                // Logged once per identity until it works again; retried every pass.
+                if self.failing.insert(identity.clone()) {
+                    warn!(error = %Report(&err), "delivering a profile failed; retrying every collection");
+                }
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                stats.failed += 1;
+            }
+        }
+    }
+
+    /// Writes one profile file unless it already holds exactly `bytes` (a restart); returns
+    /// whether it wrote.
+    fn write(
+        &mut self,
+        identity: &Identity,
+        bytes: &[u8],
+        written: Written,
+    ) -> Result<bool, DeliveryError> {
         let path = self.root.join(relative_path(identity)?);
-        let bytes = seccomp::render(Format::Oci, profile, self.arch);
         let write_err = |source| DeliveryError::Write {
             identity: identity.to_string(),
             source,
@@ -289,22 +375,31 @@ impl Delivery {
                     })
                 })?;
             }
-            state::write_atomic(&path, &bytes).map_err(write_err)?;
+            state::write_atomic(&path, bytes).map_err(write_err)?;
         }
         if self.failing.remove(identity) {
             info!(%identity, "delivering the profile works again");
         }
-        debug!(%identity, path = %path.display(), syscalls = profile.syscalls.len(), unchanged, "delivered profile");
-        self.written.insert(
-            identity.clone(),
-            Written {
-                last_new_syscall: profile.last_new_syscall,
-                names: profile.syscalls.len(),
-                fingerprint: fingerprint(profile),
-            },
-        );
+        debug!(%identity, path = %path.display(), unchanged, "delivered profile");
+        self.written.insert(identity.clone(), written);
         Ok(!unchanged)
     }
+}
+
+/// The OCI file of a syscall set, exactly as [`seccomp::render`] writes a profile with these
+/// names (so the file does not change when a workload moves from local to cluster delivery).
+pub fn render_names(names: &[&str], arch: Arch) -> Vec<u8> {
+    let oci = seccomp::oci_allow_list(
+        names
+            .iter()
+            .copied()
+            .filter(|name| arch.syscall_number(name).is_some()),
+        arch,
+    );
+    let mut bytes =
+        serde_json::to_vec_pretty(&oci).expect("an OCI profile always serialises to JSON");
+    bytes.push(b'\n');
+    bytes
 }
 
 #[cfg(test)]
@@ -312,6 +407,7 @@ mod tests {
     use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
     use super::*;
+    use crate::export::publish::{Mode, view::ClusterProfile};
 
     fn store_with(identity: &Identity, nrs: &[usize], at: u64) -> SharedProfiles {
         let store = SharedProfiles::new();
@@ -365,7 +461,7 @@ mod tests {
         let identity = Identity::new("", "Pod", "uid", "cid");
         let store = store_with(&identity, &[0, 1], 10);
         let mut delivery = Delivery::new(dir.path(), Arch::X86_64).expect("new");
-        assert_eq!(delivery.deliver(&store).written, 1);
+        assert_eq!(delivery.deliver(&store, None).written, 1);
         let path = dir.path().join("syscall-recorder/_/pod/uid/cid.json");
         let first: seccomp::OciSeccomp =
             serde_json::from_slice(&fs::read(&path).expect("written")).expect("oci");
@@ -373,11 +469,11 @@ mod tests {
         let inode = fs::metadata(&path).expect("meta").ino();
         // Same names again (more calls): nothing written.
         add(&store, &identity, &[0, 1], 20);
-        assert_eq!(delivery.deliver(&store), DeliveryStats::default());
+        assert_eq!(delivery.deliver(&store, None), DeliveryStats::default());
         assert_eq!(fs::metadata(&path).expect("meta").ino(), inode);
         // A new name: rewritten (a rename, so a new inode), no temp file left behind.
         add(&store, &identity, &[83], 30);
-        assert_eq!(delivery.deliver(&store).written, 1);
+        assert_eq!(delivery.deliver(&store, None).written, 1);
         assert_ne!(fs::metadata(&path).expect("meta").ino(), inode);
         let names: Vec<_> = fs::read_dir(path.parent().expect("parent"))
             .expect("dir")
@@ -386,7 +482,78 @@ mod tests {
         assert_eq!(names, ["cid.json"]);
         // A restarted agent finds the same content and does not rewrite it.
         let mut restarted = Delivery::new(dir.path(), Arch::X86_64).expect("new");
-        assert_eq!(restarted.deliver(&store).written, 0);
+        assert_eq!(restarted.deliver(&store, None).written, 0);
+    }
+
+    fn cluster_profile(names: &[&str], frozen: bool) -> ClusterProfile {
+        ClusterProfile {
+            mode: if frozen { Mode::Frozen } else { Mode::Learning },
+            delivered: names.iter().map(|n| (*n).to_owned()).collect(),
+            nodes: 2,
+            frozen: frozen.then(|| names.iter().map(|n| (*n).to_owned()).collect()),
+            first_node: Some("node-a".to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_cluster_profile_wins_and_renders_like_a_local_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let web = Identity::new("shop", "Deployment", "web", "app");
+        let elsewhere = Identity::new("shop", "Deployment", "api", "app");
+        // This node learned read+write for web; the cluster knows more, and knows api,
+        // which never ran here.
+        let store = store_with(&web, &[0, 1], 10);
+        let view = ClusterView::default();
+        let mut delivery = Delivery::new(dir.path(), Arch::X86_64).expect("new");
+        // Not listed yet: the node's own profile.
+        assert_eq!(delivery.deliver(&store, Some(&view)).written, 1);
+        let web_path = dir
+            .path()
+            .join("syscall-recorder/shop/deployment/web/app.json");
+        let own = fs::read(&web_path).expect("own");
+        // Restarted, not listed yet: an existing file (perhaps the cluster's, wider) is kept.
+        add(&store, &web, &[101], 12);
+        let mut restarted = Delivery::new(dir.path(), Arch::X86_64).expect("new");
+        let unlisted = ClusterView::default();
+        assert_eq!(restarted.deliver(&store, Some(&unlisted)).written, 0);
+        assert_eq!(fs::read(&web_path).expect("kept"), own);
+        let store = store_with(&web, &[0, 1], 10);
+        view.replace_all(HashMap::from([
+            (
+                web.clone(),
+                cluster_profile(&["read", "write", "uname"], false),
+            ),
+            (
+                elsewhere.clone(),
+                cluster_profile(&["read", "write"], false),
+            ),
+        ]));
+        assert_eq!(delivery.deliver(&store, Some(&view)).written, 2);
+        let merged = fs::read(&web_path).expect("merged");
+        assert_ne!(merged, own);
+        // Byte for byte what a node that learned these names itself writes.
+        let mut local = Profile::new(web.clone(), SystemTime::UNIX_EPOCH);
+        for name in ["uname", "read", "write"] {
+            local.syscalls.insert(name.to_owned(), 1);
+        }
+        assert_eq!(merged, seccomp::render(Format::Oci, &local, Arch::X86_64));
+        let api = fs::read(
+            dir.path()
+                .join("syscall-recorder/shop/deployment/api/app.json"),
+        )
+        .expect("a workload that never ran here");
+        assert_eq!(api, own, "same set, same bytes");
+        // New local syscalls do not touch the cluster's file; an unchanged view writes nothing.
+        add(&store, &web, &[101], 20);
+        assert_eq!(
+            delivery.deliver(&store, Some(&view)),
+            DeliveryStats::default()
+        );
+        assert_eq!(fs::read(&web_path).expect("file"), merged);
+        // Frozen at fewer names: the file follows the frozen set.
+        view.upsert(web.clone(), cluster_profile(&["read", "write"], true));
+        assert_eq!(delivery.deliver(&store, Some(&view)).written, 1);
+        assert_eq!(fs::read(&web_path).expect("file"), own);
     }
 
     #[test]
@@ -414,9 +581,9 @@ mod tests {
         );
         let mut delivery = Delivery::new(dir.path(), Arch::X86_64).expect("new");
         let counters = delivery.counters();
-        assert_eq!(delivery.deliver(&store).rejected, 1);
+        assert_eq!(delivery.deliver(&store, None).rejected, 1);
         // Counted once, not once per pass.
-        assert_eq!(delivery.deliver(&store).rejected, 0);
+        assert_eq!(delivery.deliver(&store, None).rejected, 0);
         assert_eq!(counters.rejected.load(Ordering::Relaxed), 1);
         assert_eq!(counters.written.load(Ordering::Relaxed), 0);
         let entries: Vec<_> = fs::read_dir(dir.path().join(SUBDIR))

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::state::Shared;
 use crate::{
-    export::{Format, UnknownFormat, seccomp},
+    export::{Format, UnknownFormat, publish::Mode, seccomp},
     profile::{Identity, Profile},
 };
 
@@ -90,6 +90,9 @@ pub struct ProfileView<'a> {
     pub profile: &'a Profile,
     /// No new syscall for `--stable-after`.
     pub stable: bool,
+    /// The mode of the workload container's SyscallProfile (Kubernetes mode, once listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 impl<'a> ProfileView<'a> {
@@ -97,6 +100,11 @@ impl<'a> ProfileView<'a> {
         Self {
             profile,
             stable: profile.is_stable(SystemTime::now(), shared.stable_after),
+            mode: shared
+                .cluster
+                .as_deref()
+                .and_then(|view| view.get(&profile.identity))
+                .map(|cluster| cluster.mode),
         }
     }
 }

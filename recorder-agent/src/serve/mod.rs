@@ -1,8 +1,9 @@
 //! Serving: the HTTP API ([`api`]: health, readiness, status, profiles) and the Prometheus
 //! exposition ([`metrics`], served by [`scrape`]), all reading the [`state`] the collection
-//! loop writes.
+//! loop writes, behind Kubernetes authentication and authorization ([`auth`]) when asked.
 
 pub mod api;
+pub mod auth;
 pub mod metrics;
 pub mod scrape;
 pub mod state;
@@ -19,9 +20,18 @@ use serde_json::json;
 use api::{ApiError, PROFILES_PATH};
 pub use state::{AgentStatus, Shared};
 
-/// The router.
+/// The router, open to anyone who reaches it (standalone agents listen on loopback).
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    router_with_auth::<auth::KubeReviewer>(shared, None)
+}
+
+/// The router; with a `gate`, every request but the probes needs a bearer token that the gate's
+/// reviewer authenticates and authorizes for its path and verb.
+pub fn router_with_auth<R: auth::Reviewer>(
+    shared: Arc<Shared>,
+    gate: Option<Arc<auth::Gate<R>>>,
+) -> Router {
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
@@ -43,6 +53,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed (only GET)",
             )
-        })
-        .with_state(shared)
+        });
+    // Outermost, so that it sees every request, the fallbacks' included (an unknown path
+    // tells an unauthenticated caller nothing).
+    let router = match gate {
+        Some(gate) => router.layer(axum::middleware::from_fn_with_state(
+            gate,
+            auth::require::<R>,
+        )),
+        None => router,
+    };
+    router.with_state(shared)
 }

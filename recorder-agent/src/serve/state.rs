@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::metrics::{Metrics, MetricsOptions};
-use crate::profile::{SharedProfiles, syscalls::Arch};
+use crate::{
+    export::publish::view::ClusterView,
+    profile::{SharedProfiles, syscalls::Arch},
+};
 
 /// What the HTTP handlers read, shared with the collection loop.
 #[derive(Debug)]
@@ -21,6 +24,8 @@ pub struct Shared {
     pub status: std::sync::Mutex<AgentStatus>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Metrics,
+    /// The cluster's SyscallProfiles (Kubernetes mode with publishing).
+    pub cluster: Option<std::sync::Arc<ClusterView>>,
 }
 
 /// Something the agent waits for before `/readyz` answers 200, in the order they are reported.
@@ -135,6 +140,9 @@ pub struct AgentStatus {
     /// Publishing to SyscallProfile objects (Kubernetes mode with `--publish`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishStatus>,
+    /// The watch of the cluster's SyscallProfiles (Kubernetes mode with publishing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 /// What `/api/v1/status` says about publishing.
@@ -155,6 +163,18 @@ pub struct PublishStatus {
     pub last_error: Option<String>,
 }
 
+/// The cluster view's state, in `/api/v1/status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ClusterStatus {
+    /// SyscallProfile objects listed and delivered from.
+    pub objects: usize,
+    /// Whether the objects were listed at least once.
+    pub synced: bool,
+    /// The last watch error, until the watch works again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 impl Shared {
     /// Empty shared state.
     pub fn new(arch: Arch, stable_after: std::time::Duration) -> Self {
@@ -166,7 +186,14 @@ impl Shared {
             status: std::sync::Mutex::new(AgentStatus::default()),
             metrics: Metrics::new(MetricsOptions::default())
                 .expect("metric names are valid constants"),
+            cluster: None,
         }
+    }
+
+    /// Sets the cluster view the watch task keeps.
+    pub fn with_cluster(mut self, cluster: std::sync::Arc<ClusterView>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Replaces the metrics (built with the agent's options).

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     Layout,
-    versions::{self, GO_BUILDS, GoBuild},
+    versions::{self, GO_BUILDS, GoBuild, SPO, SPO_CRD, SPO_MODULE},
 };
 use crate::run_cmd;
 
@@ -58,7 +58,46 @@ pub fn all(layout: &Layout) -> anyhow::Result<()> {
     for build in GO_BUILDS {
         component(layout, build)?;
     }
+    spo_crd(layout)?;
     pause(layout)
+}
+
+/// security-profiles-operator's SeccompProfile CRD, from the module proxy, as
+/// `target/cluster/spo/seccompprofile.yaml` (the tests of `run --publish-spo` install it).
+fn spo_crd(layout: &Layout) -> anyhow::Result<()> {
+    let dir = layout.root.join("spo");
+    let target = dir.join("seccompprofile.yaml");
+    let stamp = dir.join("version");
+    if target.is_file() && fs::read_to_string(&stamp).is_ok_and(|v| v.trim() == SPO) {
+        return Ok(());
+    }
+    fs::create_dir_all(&dir)?;
+    let output = Command::new(go_binary())
+        .args(["mod", "download", "-json", &format!("{SPO_MODULE}@{SPO}")])
+        .current_dir(&dir)
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .context("running go mod download")?;
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "go mod download {SPO_MODULE}@{SPO}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    if let Some(err) = info["Error"].as_str() {
+        bail!("go mod download {SPO_MODULE}@{SPO}: {err}");
+    }
+    let module_dir = info["Dir"]
+        .as_str()
+        .context("go mod download gave no Dir")?;
+    fs::copy(Path::new(module_dir).join(SPO_CRD), &target)
+        .with_context(|| format!("copying {SPO_CRD} of {SPO_MODULE}@{SPO}"))?;
+    fs::write(&stamp, SPO)?;
+    eprintln!(
+        "xtask: security-profiles-operator {SPO}'s SeccompProfile CRD in {}",
+        target.display()
+    );
+    Ok(())
 }
 
 fn stamp_text(build: &GoBuild) -> String {

@@ -20,6 +20,13 @@ pub const CNI_PLUGINS: &str = "v1.10.0";
 /// Prometheus 3 (module tags v0.3xx): Debian's 2.42 is built without Kubernetes service
 /// discovery, which the cluster tests use; built with only that discovery mechanism.
 pub const PROMETHEUS: &str = "v0.316.0";
+/// security-profiles-operator, whose SeccompProfile CRD the cluster tests install to check
+/// `run --publish-spo` (1.0 serves v1 and v1beta1; only the CRD is used, nothing is built).
+pub const SPO_MODULE: &str = "sigs.k8s.io/security-profiles-operator";
+/// Its version.
+pub const SPO: &str = "v1.0.0";
+/// The CRD inside the module.
+pub const SPO_CRD: &str = "deploy/base-crds/crds/seccompprofile.yaml";
 /// The sandbox image, built here (a few lines of Go) and containerd's `sandbox` pinned image.
 pub const PAUSE_IMAGE: &str = "localhost/syscall-recorder/pause:3.10";
 /// The workload image for tests: Debian's busybox-static (the apt package's version).

@@ -15,6 +15,9 @@ use std::{
 };
 
 pub mod publisher;
+pub mod spo;
+pub mod view;
+pub mod watch;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::{Deserialize, Serialize};
@@ -127,10 +130,57 @@ pub struct SyscallProfileStatus {
     /// One entry per node, sorted by node name.
     #[serde(default)]
     pub nodes: Vec<NodeContribution>,
+    /// The set delivered while `spec.mode` is `Frozen`: the merged set when an agent first saw
+    /// the object frozen (absent while learning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<FrozenSet>,
+    /// Merged syscalls outside the frozen set, per architecture (empty while learning).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<ArchSyscalls>,
+    /// `Frozen` and `Drift` conditions, as Kubernetes conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<StatusCondition>,
+}
+
+/// The frozen syscall set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Every field defaults: an entry another tool wrote without some must not stop the watch (one
+// undecodable object fails the whole list).
+#[serde(rename_all = "camelCase", default)]
+pub struct FrozenSet {
+    /// When it was frozen (RFC 3339).
+    pub at: String,
+    /// Distinct names over all architectures.
+    #[serde(default)]
+    pub syscall_count: u32,
+    /// Sorted names per architecture.
+    #[serde(default)]
+    pub architectures: Vec<ArchSyscalls>,
+}
+
+/// A Kubernetes-style status condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Every field defaults: an entry another tool wrote without some must not stop the watch (one
+// undecodable object fails the whole list).
+#[serde(rename_all = "camelCase", default)]
+pub struct StatusCondition {
+    /// `Frozen` or `Drift`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
 }
 
 /// The merged names of one architecture.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ArchSyscalls {
     /// `x86_64` or `aarch64`.
     pub arch: String,
@@ -140,7 +190,9 @@ pub struct ArchSyscalls {
 
 /// What one node saw of the workload container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+// Every field defaults: an entry another tool wrote without some must not stop the watch (one
+// undecodable object fails the whole list).
+#[serde(rename_all = "camelCase", default)]
 pub struct NodeContribution {
     /// The node name.
     pub node: String,
@@ -265,6 +317,36 @@ pub fn decode_syscalls(
     Ok(names)
 }
 
+/// Decodes what can be decoded of a contribution bitmap: the names this table has, and why
+/// something was left out (not base64, or set bits without a name here).
+pub fn decode_known_syscalls(arch: Arch, bitmap: &str) -> (BTreeSet<&'static str>, Option<String>) {
+    let Ok(bits) = STANDARD.decode(bitmap) else {
+        return (BTreeSet::new(), Some("not base64".to_owned()));
+    };
+    let mut names = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for (byte_index, byte) in bits.iter().enumerate() {
+        for bit in 0..8 {
+            if byte & (1 << bit) != 0 {
+                let nr = byte_index * 8 + bit;
+                match arch.syscall_name(nr) {
+                    Some(name) => {
+                        names.insert(name);
+                    }
+                    None => unknown.push(nr.to_string()),
+                }
+            }
+        }
+    }
+    let reason = (!unknown.is_empty()).then(|| {
+        format!(
+            "no {arch} syscall numbered {} in this agent's table",
+            unknown.join(", ")
+        )
+    });
+    (names, reason)
+}
+
 /// This node's contribution from its profile.
 pub fn contribution(
     profile: &Profile,
@@ -299,6 +381,7 @@ pub fn needs_write(old: Option<&NodeContribution>, new: &NodeContribution) -> bo
 pub fn merge_into(
     status: &mut SyscallProfileStatus,
     contribution: NodeContribution,
+    now: SystemTime,
 ) -> Vec<PublishError> {
     match status
         .nodes
@@ -307,11 +390,34 @@ pub fn merge_into(
         Ok(at) => status.nodes[at] = contribution,
         Err(at) => status.nodes.insert(at, contribution),
     }
-    recompute(status)
+    recompute(status, now)
 }
 
-/// Recomputes the merged fields of `status` from its node entries.
-pub fn recompute(status: &mut SyscallProfileStatus) -> Vec<PublishError> {
+/// Brings `status` in line with `mode`: freezing takes the merged set as it is now (once a node
+/// contributed), learning drops the frozen set. Returns whether anything changed (then the status must be written).
+pub fn apply_mode(mode: Mode, status: &mut SyscallProfileStatus, now: SystemTime) -> bool {
+    let before = status.clone();
+    match mode {
+        // Nothing learned yet (an object applied by hand or from a backup): nothing to freeze;
+        // the first contribution is frozen instead of an empty set that would deny everything.
+        Mode::Frozen if status.frozen.is_none() && !status.nodes.is_empty() => {
+            recompute(status, now);
+            status.frozen = Some(FrozenSet {
+                at: rfc3339(now),
+                syscall_count: status.syscall_count,
+                architectures: status.architectures.clone(),
+            });
+        }
+        Mode::Learning if status.frozen.is_some() => status.frozen = None,
+        Mode::Frozen | Mode::Learning => {}
+    }
+    recompute(status, now);
+    *status != before
+}
+
+/// Recomputes the merged fields of `status` from its node entries, and the drift from the
+/// frozen set.
+pub fn recompute(status: &mut SyscallProfileStatus, now: SystemTime) -> Vec<PublishError> {
     let mut errors = Vec::new();
     let mut merged: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
     for entry in &status.nodes {
@@ -322,9 +428,15 @@ pub fn recompute(status: &mut SyscallProfileStatus) -> Vec<PublishError> {
             });
             continue;
         };
-        match decode_syscalls(&entry.node, arch, &entry.syscalls) {
-            Ok(names) => merged.entry(arch.to_string()).or_default().extend(names),
-            Err(err) => errors.push(err),
+        // Bits this agent's table has no name for (a newer agent's table) are left out, the
+        // rest of the entry still counts: agents of two versions must not make the merge flap.
+        let (names, unknown) = decode_known_syscalls(arch, &entry.syscalls);
+        merged.entry(arch.to_string()).or_default().extend(names);
+        if let Some(reason) = unknown {
+            errors.push(PublishError::BadBitmap {
+                node: entry.node.clone(),
+                reason,
+            });
         }
     }
     let distinct: BTreeSet<&str> = merged.values().flatten().copied().collect();
@@ -350,7 +462,126 @@ pub fn recompute(status: &mut SyscallProfileStatus) -> Vec<PublishError> {
         .map(|e| e.last_new_syscall.clone())
         .max();
     status.stable = !status.nodes.is_empty() && status.nodes.iter().all(|e| e.stable);
+    status.drift = match &status.frozen {
+        Some(frozen) => drift(&status.architectures, &frozen.architectures),
+        None => Vec::new(),
+    };
+    let (frozen, drift_condition) = match &status.frozen {
+        Some(frozen) => {
+            let outside: BTreeSet<&str> = status
+                .drift
+                .iter()
+                .flat_map(|arch| arch.syscalls.iter().map(String::as_str))
+                .collect();
+            let frozen_condition = (
+                "True",
+                "Frozen",
+                format!(
+                    "the delivered profile stays at the {} syscalls frozen at {}",
+                    frozen.syscall_count, frozen.at
+                ),
+            );
+            let drift_condition = if outside.is_empty() {
+                (
+                    "False",
+                    "NoDrift",
+                    "no syscall outside the frozen set".to_owned(),
+                )
+            } else {
+                (
+                    "True",
+                    "SyscallsOutsideFrozenSet",
+                    format!(
+                        "{} syscall(s) outside the frozen set: {}",
+                        outside.len(),
+                        outside.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            };
+            (frozen_condition, drift_condition)
+        }
+        None => (
+            (
+                "False",
+                "Learning",
+                "the delivered profile follows the merged set".to_owned(),
+            ),
+            ("False", "Learning", "learning: nothing is drift".to_owned()),
+        ),
+    };
+    set_condition(&mut status.conditions, "Frozen", frozen, now);
+    set_condition(&mut status.conditions, "Drift", drift_condition, now);
     errors
+}
+
+/// `merged` minus `frozen`, per architecture (architectures without drift left out).
+fn drift(merged: &[ArchSyscalls], frozen: &[ArchSyscalls]) -> Vec<ArchSyscalls> {
+    merged
+        .iter()
+        .filter_map(|arch| {
+            let allowed: BTreeSet<&str> = frozen
+                .iter()
+                .filter(|f| f.arch == arch.arch)
+                .flat_map(|f| f.syscalls.iter().map(String::as_str))
+                .collect();
+            let outside: Vec<String> = arch
+                .syscalls
+                .iter()
+                .filter(|name| !allowed.contains(name.as_str()))
+                .cloned()
+                .collect();
+            (!outside.is_empty()).then(|| ArchSyscalls {
+                arch: arch.arch.clone(),
+                syscalls: outside,
+            })
+        })
+        .collect()
+}
+
+/// Sets condition `type_`, keeping its transition time unless its status changes.
+fn set_condition(
+    conditions: &mut Vec<StatusCondition>,
+    type_: &str,
+    (status, reason, message): (&str, &str, String),
+    now: SystemTime,
+) {
+    let next = |last_transition_time| StatusCondition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(condition) => {
+            let time = if condition.status == status {
+                condition.last_transition_time.clone()
+            } else {
+                rfc3339(now)
+            };
+            *condition = next(time);
+        }
+        None => conditions.push(next(rfc3339(now))),
+    }
+}
+
+/// The names a node of `arch` delivers for this object: the frozen set while frozen, else the
+/// merged set; the node's own architecture's names, or, for a workload never seen on this
+/// architecture, every name that has a number on it.
+pub fn delivered_names(status: &SyscallProfileStatus, arch: Arch) -> BTreeSet<&str> {
+    let sets = match &status.frozen {
+        Some(frozen) => &frozen.architectures,
+        None => &status.architectures,
+    };
+    let name = arch.to_string();
+    match sets.iter().find(|set| set.arch == name) {
+        Some(set) => set.syscalls.iter().map(String::as_str).collect(),
+        None => sets
+            .iter()
+            .flat_map(|set| set.syscalls.iter().map(String::as_str))
+            .filter(|syscall| arch.syscall_number(syscall).is_some())
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -447,9 +678,9 @@ mod tests {
             at(40),
             stable_after,
         );
-        assert!(merge_into(&mut status, b.clone()).is_empty());
-        assert!(merge_into(&mut status, a.clone()).is_empty());
-        assert!(merge_into(&mut status, arm).is_empty());
+        assert!(merge_into(&mut status, b.clone(), at(0)).is_empty());
+        assert!(merge_into(&mut status, a.clone(), at(0)).is_empty());
+        assert!(merge_into(&mut status, arm, at(0)).is_empty());
         assert_eq!(
             status
                 .nodes
@@ -480,7 +711,7 @@ mod tests {
             stable_after,
         );
         assert!(needs_write(Some(&a), &a2));
-        merge_into(&mut status, a2);
+        merge_into(&mut status, a2, at(0));
         assert_eq!(status.node_count, 3);
         assert_eq!(
             status.architectures[1].syscalls,
@@ -489,10 +720,120 @@ mod tests {
         assert_eq!(status.calls, 12 + 4 + 2);
         // A damaged entry stays, is left out of the merge, and is reported.
         status.nodes[1].syscalls = "%%%".into();
-        let errors = recompute(&mut status);
+        let errors = recompute(&mut status, at(0));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(status.node_count, 3);
         assert_eq!(status.architectures[1].syscalls, ["futex", "read", "uname"]);
+        // An entry with a number this table lacks (a newer agent) keeps its known names.
+        let mut bits = STANDARD
+            .decode(encode_syscalls(Arch::X86_64, ["ptrace"]))
+            .expect("b64");
+        bits.resize(1000 / 8 + 1, 0);
+        bits[1000 / 8] |= 1 << (1000 % 8);
+        status.nodes[1].syscalls = STANDARD.encode(bits);
+        let errors = recompute(&mut status, at(0));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("1000"), "{}", errors[0]);
+        assert!(
+            status.architectures[1]
+                .syscalls
+                .contains(&"ptrace".to_owned())
+        );
+    }
+
+    fn entry(node: &str, names: &[&str]) -> NodeContribution {
+        NodeContribution {
+            node: node.to_owned(),
+            arch: "x86_64".to_owned(),
+            syscalls: encode_syscalls(Arch::X86_64, names.iter().copied()),
+            ..NodeContribution::default()
+        }
+    }
+
+    fn condition<'a>(status: &'a SyscallProfileStatus, type_: &str) -> &'a StatusCondition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition")
+    }
+
+    #[test]
+    fn freezing_keeps_the_delivered_set_and_shows_drift_until_unfrozen() {
+        let mut status = SyscallProfileStatus::default();
+        merge_into(&mut status, entry("node-a", &["read", "write"]), at(0));
+        assert_eq!(
+            delivered_names(&status, Arch::X86_64),
+            BTreeSet::from(["read", "write"])
+        );
+        assert_eq!(condition(&status, "Frozen").status, "False");
+        // Frozen: the set as it is now.
+        assert!(apply_mode(Mode::Frozen, &mut status, at(10)));
+        assert!(
+            !apply_mode(Mode::Frozen, &mut status, at(11)),
+            "taken in once"
+        );
+        let frozen = status.frozen.clone().expect("frozen");
+        assert_eq!(frozen.syscall_count, 2);
+        assert_eq!(condition(&status, "Frozen").status, "True");
+        assert_eq!(condition(&status, "Drift").status, "False");
+        // A new syscall on another node: merged, but not delivered; it is drift.
+        merge_into(&mut status, entry("node-b", &["read", "ptrace"]), at(20));
+        assert_eq!(status.syscall_count, 3);
+        assert_eq!(
+            delivered_names(&status, Arch::X86_64),
+            BTreeSet::from(["read", "write"])
+        );
+        assert_eq!(
+            status.drift,
+            [ArchSyscalls {
+                arch: "x86_64".into(),
+                syscalls: vec!["ptrace".into()]
+            }]
+        );
+        let drift = condition(&status, "Drift").clone();
+        assert_eq!(
+            (drift.status.as_str(), drift.reason.as_str()),
+            ("True", "SyscallsOutsideFrozenSet")
+        );
+        assert!(drift.message.contains("ptrace"), "{}", drift.message);
+        assert_eq!(drift.last_transition_time, rfc3339(at(20)));
+        // Rewritten by a later contribution: the transition time stays.
+        merge_into(&mut status, entry("node-b", &["read", "ptrace"]), at(30));
+        assert_eq!(
+            condition(&status, "Drift").last_transition_time,
+            rfc3339(at(20))
+        );
+        // Unfrozen: the merged set is delivered, no drift.
+        assert!(apply_mode(Mode::Learning, &mut status, at(40)));
+        assert_eq!(status.frozen, None);
+        assert!(status.drift.is_empty());
+        assert_eq!(
+            delivered_names(&status, Arch::X86_64),
+            BTreeSet::from(["ptrace", "read", "write"])
+        );
+        assert_eq!(condition(&status, "Drift").status, "False");
+    }
+
+    #[test]
+    fn an_object_frozen_before_any_contribution_freezes_the_first_one() {
+        let mut status = SyscallProfileStatus::default();
+        assert!(apply_mode(Mode::Frozen, &mut status, at(0)));
+        assert_eq!(status.frozen, None, "nothing to freeze yet");
+        merge_into(&mut status, entry("node-a", &["read"]), at(5));
+        assert!(apply_mode(Mode::Frozen, &mut status, at(6)));
+        assert_eq!(status.frozen.map(|f| f.syscall_count), Some(1));
+    }
+
+    #[test]
+    fn a_node_of_another_architecture_delivers_the_names_it_has() {
+        let mut status = SyscallProfileStatus::default();
+        // `open` has no aarch64 number; `openat` has.
+        merge_into(&mut status, entry("node-a", &["open", "openat"]), at(0));
+        assert_eq!(
+            delivered_names(&status, Arch::Aarch64),
+            BTreeSet::from(["openat"])
+        );
     }
 
     #[test]
@@ -547,7 +888,7 @@ mod tests {
             );
             status.nodes.push(entry);
         }
-        assert!(recompute(&mut status).is_empty());
+        assert!(recompute(&mut status, at(0)).is_empty());
         let object = serde_json::json!({
             "apiVersion": format!("{GROUP}/{VERSION}"),
             "kind": KIND,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     GROUP, KIND, NodeContribution, PLURAL, PublishError, SyscallProfileSpec, SyscallProfileStatus,
-    VERSION, contribution, merge_into, needs_write, object_name, publishable, spec_of,
+    VERSION, apply_mode, contribution, merge_into, needs_write, object_name, publishable, spec_of,
 };
 use crate::{
     attribution::kubernetes::ApiReport,
@@ -262,6 +262,13 @@ impl<O: ProfileObjects> Publisher<O> {
         self.published.len()
     }
 
+    /// Forgets what was published for `identity` (its object was deleted): the next pass
+    /// writes the contribution again, into a new object.
+    pub fn forget(&mut self, identity: &Identity) {
+        self.published.remove(identity);
+        self.failing.remove(identity);
+    }
+
     /// Writes every contribution that changed since it was last in place. A 403 or a missing
     /// CRD stops the pass (the next pass tries again); other failures leave that object for
     /// the next pass.
@@ -296,7 +303,7 @@ impl<O: ProfileObjects> Publisher<O> {
                     continue;
                 }
             };
-            match self.write(identity, &name, mine, &mut stats).await {
+            match self.write(identity, &name, mine, now, &mut stats).await {
                 Ok(()) => {
                     self.failing.remove(identity);
                 }
@@ -331,6 +338,7 @@ impl<O: ProfileObjects> Publisher<O> {
         identity: &Identity,
         name: &str,
         mine: NodeContribution,
+        now: SystemTime,
         stats: &mut PassStats,
     ) -> Result<(), ObjectError> {
         let namespace = identity.namespace.as_str();
@@ -378,7 +386,9 @@ impl<O: ProfileObjects> Publisher<O> {
                     .insert(identity.clone(), in_place.unwrap_or(mine));
                 return Ok(());
             }
-            for err in merge_into(&mut status, mine.clone()) {
+            // A freeze not taken in yet takes the set as it was before this contribution.
+            apply_mode(object.spec.mode, &mut status, now);
+            for err in merge_into(&mut status, mine.clone(), now) {
                 log_bad_entry(name, &err);
             }
             object.status = Some(status);
@@ -507,6 +517,7 @@ mod tests {
                         syscalls: super::super::encode_syscalls(Arch::X86_64, ["ptrace"]),
                         ..NodeContribution::default()
                     },
+                    SystemTime::UNIX_EPOCH,
                 );
                 stored.status = Some(theirs);
                 let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
