@@ -522,7 +522,7 @@ fn extrapolated(largest: &SyscallProfile, identity: &Identity, nodes: usize) -> 
             .collect();
         status.nodes.sort_by(|a, b| a.node.cmp(&b.node));
     }
-    recompute(&mut status);
+    recompute(&mut status, std::time::SystemTime::now());
     SyscallProfile {
         api_version: format!("{GROUP}/{VERSION}"),
         kind: KIND.to_owned(),
