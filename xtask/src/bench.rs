@@ -711,6 +711,9 @@ fn publish_on_cluster(agent: &Path) -> anyhow::Result<()> {
         .arg(&layout.kubeconfig)
         .args(["--workloads", &PUBLISH_WORKLOADS.to_string()])
         .args(["--nodes", &PUBLISH_NODES.to_string()])
+        // Every node contributing to every workload is the worst case: its first publish takes
+        // minutes on a 2-core API server, and the bench reports it complete.
+        .args(["--max-initial", "900s"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
