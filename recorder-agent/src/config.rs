@@ -71,6 +71,10 @@ pub enum Command {
     /// Benchmark helper for `cargo xtask bench`: time collections over N active cgroups.
     #[command(hide = true)]
     BenchCollect(BenchCollectArgs),
+    /// Benchmark helper for `cargo xtask bench`: simulated nodes publish SyscallProfiles to a
+    /// real API server through a learning phase and a steady state; prints one JSON line.
+    #[command(hide = true)]
+    BenchPublish(BenchPublishArgs),
 }
 
 /// What `bench-probe` attaches.
@@ -102,6 +106,41 @@ pub struct BenchCollectArgs {
     /// Collections timed per size (the median is reported).
     #[arg(long, default_value_t = 15)]
     pub rounds: u32,
+}
+
+/// `recorder-agent bench-publish`.
+#[derive(Debug, Args)]
+pub struct BenchPublishArgs {
+    /// Kubeconfig of the API server to measure (default: in-cluster, else KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Workload containers (one SyscallProfile each), seen on every simulated node.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub workloads: u32,
+    /// Simulated nodes (one publisher each).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub nodes: u32,
+    /// Namespace the objects go to: created, and deleted at the end.
+    #[arg(long, default_value = "syscall-recorder-bench")]
+    pub namespace: String,
+    /// Learning phase: new syscalls keep appearing (it lasts at least until every node's
+    /// first publish is complete).
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    pub learning: Duration,
+    /// Longest the learning phase waits for the initial publish to complete (the bench then
+    /// moves on and says how far it got).
+    #[arg(long, default_value = "180s", value_parser = parse_interval)]
+    pub max_initial: Duration,
+    /// Steady phase: nothing changes but call counts.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    pub steady: Duration,
+    /// Time between one node's publishing passes (jittered, as the agents' own).
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Quiet time after which a profile is stable: above the run's length by default, so the
+    /// steady phase measures a cluster where nothing changes, not the one-time stability flip.
+    #[arg(long, default_value = "1h", value_parser = parse_interval)]
+    pub stable_after: Duration,
 }
 
 /// `recorder-agent unpin`.

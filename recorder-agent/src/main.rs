@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser as _};
 use recorder_agent::{
-    app::{bench, record, run},
+    app::{bench, bench_publish, record, run},
     client,
     config::{Cli, Command},
     export::publish::Mode,
@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::MountBpffs(args) => run::mount_bpffs(&args),
         Command::BenchProbe(args) => bench::probe(&args),
         Command::BenchCollect(args) => bench::collect(&args),
+        Command::BenchPublish(args) => bench_publish::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{run_cmd, workspace_root};
+use crate::{cluster, run_cmd, workspace_root};
 
 const LOOP_C: &str = r#"
 #define _GNU_SOURCE
@@ -663,4 +663,187 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     ));
     fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// `bench-publish`'s defaults, spelled out so the heading says what was measured.
+const PUBLISH_WORKLOADS: u32 = 1000;
+const PUBLISH_NODES: u32 = 50;
+
+/// SyscallProfile publishing against the test cluster's API server (brought up for this when
+/// it is not up, and taken down again): 1,000 workloads over 50 simulated nodes, in the
+/// learning phase and in steady state. Prints a table and a summary and writes the figures to
+/// `target/bench/results.json` under `publish`.
+pub fn publish(agent: &Path) -> anyhow::Result<()> {
+    let brought_up = !cluster::is_up();
+    if brought_up {
+        eprintln!("bench: the test cluster is not up: bringing it up for the publish bench");
+        cluster::run(&["up".to_owned()])?;
+    }
+    let result = publish_on_cluster(agent);
+    if brought_up {
+        let down = cluster::run(&["down".to_owned()]);
+        result.and(down)
+    } else {
+        result
+    }
+}
+
+fn publish_on_cluster(agent: &Path) -> anyhow::Result<()> {
+    let layout = cluster::Layout::new();
+    let crd = workspace_root().join("deploy/base/syscallprofile-crd.yaml");
+    run_cmd(layout.kubectl().arg("apply").arg("-f").arg(&crd))?;
+    run_cmd(layout.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/syscallprofiles.syscall-recorder.io",
+    ]))?;
+    let dir = workspace_root().join("target").join("bench");
+    fs::create_dir_all(&dir)?;
+    let log_path = dir.join("bench-publish.log");
+    eprintln!(
+        "bench: publishing from {PUBLISH_NODES} simulated nodes (a few minutes; log in {})",
+        log_path.display()
+    );
+    let mut child = Command::new(agent)
+        .arg("bench-publish")
+        .arg("--kubeconfig")
+        .arg(&layout.kubeconfig)
+        .args(["--workloads", &PUBLISH_WORKLOADS.to_string()])
+        .args(["--nodes", &PUBLISH_NODES.to_string()])
+        // Every node contributing to every workload is the worst case: its first publish takes
+        // minutes on a 2-core API server, and the bench reports it complete.
+        .args(["--max-initial", "900s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting bench-publish")?;
+    // Every line to the log; the bench's own progress lines to the terminal as well (the
+    // publisher's per-object warnings of a conflict storm would drown them).
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut log = fs::File::create(&log_path)?;
+    let echo = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+            if line.starts_with("bench-publish:") {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .context("stdout")?
+        .read_to_string(&mut stdout)?;
+    let status = child.wait()?;
+    let _ = echo.join();
+    if !status.success() {
+        bail!(
+            "bench-publish failed ({status}); see {}",
+            log_path.display()
+        );
+    }
+    let figures: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+            .context("bench-publish output")?;
+    print_publish(&figures);
+    let results = dir.join("results.json");
+    let mut all: serde_json::Value = fs::read_to_string(&results)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    all["publish"] = figures;
+    fs::write(&results, serde_json::to_string_pretty(&all)?)?;
+    eprintln!("bench: figures in {}", results.display());
+    Ok(())
+}
+
+fn print_publish(figures: &serde_json::Value) {
+    let f = |value: &serde_json::Value| value.as_f64().unwrap_or(f64::NAN);
+    let kib = |value: &serde_json::Value| f(value) / 1024.0;
+    println!(
+        "\n### Publishing SyscallProfiles ({} workloads × {} simulated nodes, real API server, {} s interval)\n",
+        figures["workloads"], figures["nodes"], figures["interval_s"]
+    );
+    println!(
+        "| phase | duration | API writes (creates + status) | writes per minute | conflicts (409, retried) | failed | GETs |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, phase) in [
+        ("learning (incl. initial publish)", &figures["learning"]),
+        ("drain (last learning writes)", &figures["drain"]["counts"]),
+        ("steady state", &figures["steady"]),
+    ] {
+        println!(
+            "| {name} | {:.0} s | {} | {:.0} | {} | {} | {} |",
+            f(&phase["seconds"]),
+            phase["api_writes"],
+            f(&phase["writes_per_minute"]),
+            phase["conflicts"],
+            phase["failed"],
+            phase["gets"],
+        );
+    }
+    let size = &figures["object_size"];
+    let big = &figures["extrapolated"];
+    println!(
+        "\n| object size | median | max | max vs etcd's 1.5 MiB | {} nodes (extrapolated) | vs 1.5 MiB |",
+        big["nodes"]
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} node entries | {:.1} KiB | {:.1} KiB | {:.2} % | {:.1} KiB (stored: {}) | {:.1} % |",
+        size["node_entries_median"],
+        kib(&size["median_bytes"]),
+        kib(&size["max_bytes"]),
+        f(&size["max_ratio_of_limit"]) * 100.0,
+        kib(&big["built_bytes"]),
+        big["stored_bytes"],
+        f(&big["ratio_of_limit"]) * 100.0,
+    );
+    let initial = &figures["initial_publish"];
+    let steady_writes = figures["steady"]["api_writes"].as_u64().unwrap_or(u64::MAX);
+    let complete = initial["complete"].as_bool() == Some(true);
+    let drained = figures["drain"]["complete"].as_bool() == Some(true);
+    let initial_text = if complete {
+        format!("took {:.0} s", f(&initial["seconds"]))
+    } else {
+        format!(
+            "was NOT complete when the learning phase ended ({} of {} nodes; at {:.0} status writes/s all would take about {:.0} s)",
+            initial["nodes_complete"],
+            figures["nodes"],
+            f(&initial["status_replaces_per_s"]),
+            f(&initial["estimated_seconds"]),
+        )
+    };
+    let steady_text = match (steady_writes, drained) {
+        (0, _) => "as it must: nothing changed".to_owned(),
+        (n, true) => format!("{n} writes while nothing changed: a bug"),
+        (n, false) => {
+            format!("{n} writes: the learning backlog had not drained, so this is no steady state")
+        }
+    };
+    println!(
+        "\nThe initial publish of all {} contributions {initial_text} (first pass per node: median {:.0} s, max {:.0} s); \
+         learning wrote {:.0} times per minute with {} conflicts retried and {} objects left for a later pass; \
+         steady state wrote {:.0} times per minute ({}). \
+         An object with {} node entries is {:.1} KiB at most ({:.2} % of etcd's limit); with {} nodes it would be {:.1} KiB ({:.1} %).",
+        figures["contributions"],
+        f(&initial["first_pass_median_s"]),
+        f(&initial["first_pass_max_s"]),
+        f(&figures["learning"]["writes_per_minute"]),
+        figures["learning"]["conflicts"],
+        figures["learning"]["failed"],
+        f(&figures["steady"]["writes_per_minute"]),
+        steady_text,
+        size["node_entries_median"],
+        kib(&size["max_bytes"]),
+        f(&size["max_ratio_of_limit"]) * 100.0,
+        big["nodes"],
+        kib(&big["built_bytes"]),
+        f(&big["ratio_of_limit"]) * 100.0,
+    );
 }

@@ -35,7 +35,9 @@ tasks:
                    extra ARGS go to `recorder-agent run`
   test             setup, lint, and run every test (unit, eBPF, runc end-to-end, a short fuzz pass,
                    then a real cluster: up, `image`, tests/tests/cluster.rs, down)
-  bench            (root) kernel cost vs an empty program and bpftrace, collection cost, footprint
+  bench [publish]  (root) kernel cost vs an empty program and bpftrace, collection cost, footprint,
+                   then SyscallProfile publishing against the test cluster's API server
+                   (brought up and down again when it is not up); `publish`: only that part
   cluster build|up|down|status
                    (root) a real single-node Kubernetes cluster on this machine, built from
                    upstream sources (`build`: without starting it); admin kubeconfig in
@@ -61,11 +63,20 @@ fn main() -> anyhow::Result<()> {
         }),
         "dist" => dist(),
         "image" => image::run(),
+        "bench" if rest.first().is_some_and(|a| a == "publish") => {
+            // Publishing needs no kernel program: no bpf-linker when the build skips it.
+            if !env::var("RECORDER_SKIP_EBPF").is_ok_and(|v| v == "1") {
+                setup::run(setup::Scope::Build)?;
+            }
+            let binary = build(true)?;
+            bench::publish(&binary)
+        }
         "bench" => {
             setup::run(setup::Scope::Build)?;
             setup::bpftrace();
             let binary = build(true)?;
-            bench::run(&binary)
+            bench::run(&binary)?;
+            bench::publish(&binary)
         }
         "fuzz" => {
             setup::run(setup::Scope::All)?;
@@ -151,8 +162,14 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
         command.arg("--release");
     }
     run_cmd(&mut command)?;
-    let binary = workspace_root()
-        .join("target")
+    // Where cargo put it: CARGO_TARGET_DIR (as cargo reads it) when set.
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || workspace_root().join("target"),
+            |dir| workspace_root().join(dir),
+        );
+    let binary = target
         .join(if release { "release" } else { "debug" })
         .join("recorder-agent");
     eprintln!("xtask: built {}", binary.display());

@@ -82,8 +82,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let root = workspace_root().join("target").join("cluster");
+        // A worktree may link its target/cluster to another's: daemons are recognized by
+        // their executable's real path, so the layout uses that path too.
+        let root = fs::canonicalize(&root).unwrap_or(root);
         Self {
             bin: root.join("bin"),
             build: root.join("build"),
@@ -447,6 +450,11 @@ pub fn any_daemon_running() -> bool {
     config::daemons(&layout)
         .iter()
         .any(|daemon| procs::running(&layout, daemon.name, &daemon.binary).is_some())
+}
+
+/// Whether the cluster is up as `status` sees it: a daemon runs and the node answers Ready.
+pub fn is_up() -> bool {
+    any_daemon_running() && node_ready(&Layout::new()) == Some(true)
 }
 
 fn status(layout: &Layout) -> anyhow::Result<()> {
