@@ -119,6 +119,26 @@ impl Profile {
         self.baseline = Some(Baseline { syscalls, since });
     }
 
+    /// Sets a baseline that is enforced elsewhere (a frozen cluster profile): calls already
+    /// counted to names outside it are drift too, so calls made between the freeze and this
+    /// node learning of it are not missed.
+    pub fn set_enforced_baseline<I, S>(&mut self, syscalls: I, since: SystemTime)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.set_baseline(syscalls, since);
+        let Some(baseline) = &self.baseline else {
+            return;
+        };
+        for (name, &count) in &self.syscalls {
+            if !baseline.syscalls.contains(name) {
+                let entry = self.unexpected_syscalls.entry(name.clone()).or_insert(0);
+                *entry = (*entry).max(count);
+            }
+        }
+    }
+
     /// Freezes the current syscall set as the baseline if the profile is stable at `now`
     /// and has none yet. Returns whether it did.
     pub fn freeze_baseline_if_stable(&mut self, now: SystemTime, stable_after: Duration) -> bool {

@@ -117,6 +117,27 @@ impl ProfileStore {
         }
     }
 
+    /// Sets an enforced baseline of one profile (see [`Profile::set_enforced_baseline`]);
+    /// false when unknown.
+    pub fn set_enforced_baseline<I, S>(
+        &mut self,
+        identity: &Identity,
+        syscalls: I,
+        since: SystemTime,
+    ) -> bool
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        match self.profiles.get_mut(identity) {
+            Some(profile) => {
+                profile.set_enforced_baseline(syscalls, since);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Moves a profile to another identity (merging), e.g. when metadata arrives.
     pub fn rename(&mut self, from: &Identity, to: &Identity) {
         if from == to {

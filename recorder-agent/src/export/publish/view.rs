@@ -274,7 +274,11 @@ impl ClusterView {
                 },
             };
             if let Some(names) = next {
-                store.set_baseline(identity, names, now);
+                if cluster.frozen.is_some() {
+                    store.set_enforced_baseline(identity, names, now);
+                } else {
+                    store.set_baseline(identity, names, now);
+                }
                 changed += 1;
             }
         }
@@ -363,8 +367,21 @@ mod tests {
             Arch::X86_64,
         )
         .expect("ok");
+        // uname (63) was called after the freeze, before this node saw the frozen object.
+        let mut early = vec![0u64; 400];
+        early[63] = 2;
+        store.add_counts(&identity, Arch::X86_64, &early, t(1));
         view.replace_all(HashMap::from([(identity.clone(), frozen)]));
         assert_eq!(view.align_baselines(&mut store, t(2)), 1);
+        assert_eq!(
+            store
+                .get(&identity)
+                .expect("p")
+                .unexpected_syscalls
+                .get("uname"),
+            Some(&2),
+            "a call between the freeze and the alignment is drift"
+        );
         assert_eq!(view.align_baselines(&mut store, t(3)), 0, "aligned once");
         // ptrace (101) is outside the frozen set: drift.
         let mut deltas = vec![0u64; 400];
@@ -372,7 +389,7 @@ mod tests {
         store.add_counts(&identity, Arch::X86_64, &deltas, t(4));
         assert_eq!(
             store.get(&identity).expect("p").unexpected_syscalls,
-            std::collections::BTreeMap::from([("ptrace".to_owned(), 3)])
+            std::collections::BTreeMap::from([("ptrace".to_owned(), 3), ("uname".to_owned(), 2)])
         );
         // Unfrozen with ptrace merged in: no longer drift.
         let mut learning = object("deployment.web.app", None);
