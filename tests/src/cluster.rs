@@ -262,6 +262,13 @@ impl Cluster {
         .with_context(|| self.describe_pods(AGENT_NAMESPACE))
     }
 
+    /// Restarts the agent DaemonSet (`kubectl rollout restart`) and waits for the rollout.
+    pub fn restart_agent(&self) -> anyhow::Result<()> {
+        let daemonset = format!("daemonset/{AGENT_DAEMONSET}");
+        self.kubectl(&["rollout", "restart", "-n", AGENT_NAMESPACE, &daemonset])?;
+        self.rollout(AGENT_NAMESPACE, &daemonset, Duration::from_secs(120))
+    }
+
     /// The agent container's log (all of it).
     pub fn agent_log(&self, pod: &str) -> anyhow::Result<String> {
         self.kubectl(&["logs", "-n", AGENT_NAMESPACE, pod, "-c", AGENT_CONTAINER])

@@ -59,19 +59,34 @@ pub const READER_USER: &str = "system:serviceaccount:monitoring:reader";
 /// A token the fake authenticates as a user allowed nothing.
 pub const NOBODY_TOKEN: &str = "nobody-token";
 
-/// `POST .../tokenreviews`: authenticated for the two known tokens.
-async fn token_review(
-    AxState(shared): AxState<Shared>,
-    uri: axum::http::Uri,
-    body: Bytes,
-) -> Response {
+/// Records a review request and parses its body.
+fn take_review(shared: &Shared, uri: &axum::http::Uri, body: &[u8]) -> Value {
     shared
         .0
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .requests
         .push(uri.to_string());
-    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    serde_json::from_slice(body).unwrap_or_default()
+}
+
+/// A review's answer: 201 with the JSON.
+fn created(answer: &Value) -> Response {
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST .../tokenreviews`: authenticated for the two known tokens.
+async fn token_review(
+    AxState(shared): AxState<Shared>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let review = take_review(&shared, &uri, &body);
     let user = match review["spec"]["token"].as_str() {
         Some(READER_TOKEN) => Some(READER_USER),
         Some(NOBODY_TOKEN) => Some("system:serviceaccount:default:nobody"),
@@ -84,12 +99,7 @@ async fn token_review(
     };
     let answer = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
         "metadata": {}, "spec": review["spec"], "status": status});
-    (
-        StatusCode::CREATED,
-        [("content-type", "application/json")],
-        answer.to_string(),
-    )
-        .into_response()
+    created(&answer)
 }
 
 /// `POST .../subjectaccessreviews`: the reader may get `/metrics` and get and list
@@ -99,13 +109,7 @@ async fn access_review(
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
-    shared
-        .0
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .requests
-        .push(uri.to_string());
-    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let review = take_review(&shared, &uri, &body);
     let spec = &review["spec"];
     let path = spec["nonResourceAttributes"]["path"]
         .as_str()
@@ -118,12 +122,7 @@ async fn access_review(
                 && (resource["verb"] == "get" || resource["verb"] == "list")));
     let answer = json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
         "metadata": {}, "spec": spec, "status": {"allowed": allowed}});
-    (
-        StatusCode::CREATED,
-        [("content-type", "application/json")],
-        answer.to_string(),
-    )
-        .into_response()
+    created(&answer)
 }
 
 /// A running fake API server; stopped on drop.

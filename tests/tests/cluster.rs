@@ -762,18 +762,7 @@ fn agent_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
         let pod = cluster.agent_pod()?;
         Ok((pod != first).then_some(pod))
     })?;
-    cluster.kubectl(&[
-        "rollout",
-        "restart",
-        "-n",
-        AGENT_NAMESPACE,
-        &format!("daemonset/{AGENT_DAEMONSET}"),
-    ])?;
-    cluster.rollout(
-        AGENT_NAMESPACE,
-        &format!("daemonset/{AGENT_DAEMONSET}"),
-        Duration::from_secs(120),
-    )?;
+    cluster.restart_agent()?;
     let third = cluster.agent_pod()?;
     assert_ne!(third, second, "the rollout replaced the agent");
     let succeeded_during =
@@ -1160,18 +1149,7 @@ fn owner_lookups_denied_by_rbac_fall_back_to_name_rules() -> anyhow::Result<()> 
     };
     // A fresh agent: what an earlier test's agent said about denials does not count here.
     let before = cluster.deploy_agent()?;
-    cluster.kubectl(&[
-        "rollout",
-        "restart",
-        "-n",
-        AGENT_NAMESPACE,
-        &format!("daemonset/{AGENT_DAEMONSET}"),
-    ])?;
-    cluster.rollout(
-        AGENT_NAMESPACE,
-        &format!("daemonset/{AGENT_DAEMONSET}"),
-        Duration::from_secs(120),
-    )?;
+    cluster.restart_agent()?;
     let fresh = cluster.wait_for("the restarted agent pod", Duration::from_secs(60), || {
         let pod = cluster.agent_pod()?;
         Ok((pod != before).then_some(pod))

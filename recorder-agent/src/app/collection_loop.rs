@@ -51,6 +51,8 @@ impl CollectionLoop {
     pub fn run(mut self, stop: &mpsc::Receiver<()>) {
         let mut next = Instant::now();
         let mut last_save = Instant::now();
+        // The cluster view's generation the baselines were last aligned with.
+        let mut aligned = None;
         loop {
             let stopping = match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
@@ -61,15 +63,9 @@ impl CollectionLoop {
                 // The last round reads every slot: without pinned maps the counters go with us.
                 self.collector.sweep_next_round();
             }
-            self.round();
+            self.round(&mut aligned);
             if let Some(delivery) = &mut self.delivery {
                 delivery.deliver(&self.shared.profiles, self.shared.cluster.as_deref());
-            }
-            if let Some(view) = self.shared.cluster.as_deref().filter(|view| view.synced()) {
-                let now = std::time::SystemTime::now();
-                self.shared
-                    .profiles
-                    .update(|store| view.align_baselines(store, now));
             }
             // Slots of removed cgroups are given back only once a save covers their last
             // counts; under churn that means a save about every second.
@@ -89,8 +85,9 @@ impl CollectionLoop {
         }
     }
 
-    /// One round, folded into the store, recorded in the metrics and the status.
-    fn round(&mut self) {
+    /// One round, folded into the store, recorded in the metrics and the status. `aligned` is
+    /// the cluster view's generation the baselines were last aligned with.
+    fn round(&mut self, aligned: &mut Option<u64>) {
         let started = Instant::now();
         for (id, path) in self.learned.take() {
             self.collector.resolver().insert(id, path);
@@ -107,14 +104,24 @@ impl CollectionLoop {
         // renames it made possible, and the baselines that became due.
         let took = self.shared.profiles.update(|store| {
             let now = SystemTime::now();
-            self.collector.fold_into(store, now);
-            if let Some(attribution) = &self.attribution {
-                attribution.apply_renames(store);
-            }
+            let new_syscall = self.collector.fold_into(store, now);
+            let renamed = match &self.attribution {
+                Some(attribution) => attribution.apply_renames(store) > 0,
+                None => false,
+            };
             // The duration metric covers reading, resolving and folding, not the bookkeeping.
             let took = started.elapsed();
-            // Drift is measured against the profile as it stood when it became stable.
+            // Drift is measured against the profile as it stood when it became stable, or
+            // against what the cluster enforces: looked at again only when this node's sets or
+            // the cluster's objects changed.
             store.freeze_stable_baselines(now, self.shared.stable_after);
+            if let Some(view) = self.shared.cluster.as_deref().filter(|view| view.synced()) {
+                let generation = view.generation();
+                if new_syscall || renamed || *aligned != Some(generation) {
+                    view.align_baselines(store, now);
+                    *aligned = Some(generation);
+                }
+            }
             took
         });
         let kernel = match self.collector.counters().stats() {

@@ -13,19 +13,18 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use super::output::{emit, pretty};
+use super::output::{aligned, emit, or_underscore, pretty};
 use crate::{
     attribution::kubernetes::ApiReport,
     config::{ClusterArgs, ListOutput},
     export::{
         Format,
         compare::Policy,
-        delivery::render_names,
+        delivery::{oci_of_names, render_names},
         publish::{
             Mode, SyscallProfileStatus, decode_syscalls, delivered_names, object_name,
-            publisher::SyscallProfile,
+            publisher::SyscallProfile, spo::spo_of_names,
         },
-        seccomp::{self, OciSeccomp},
     },
     profile::{Identity, Profile, syscalls::Arch},
 };
@@ -119,31 +118,6 @@ fn identity_of(object: &SyscallProfile) -> Identity {
         &object.spec.workload.name,
         &object.spec.container,
     )
-}
-
-fn or_underscore(part: &str) -> &str {
-    if part.is_empty() { "_" } else { part }
-}
-
-fn aligned(lines: &[Vec<String>]) -> String {
-    let columns = lines.first().map_or(0, Vec::len);
-    let mut widths = vec![0usize; columns];
-    for line in lines {
-        for (width, cell) in widths.iter_mut().zip(line) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for line in lines {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// The `profiles` table of the cluster's objects.
@@ -279,45 +253,51 @@ fn profile_json(identity: &Identity, object: &SyscallProfile) -> anyhow::Result<
     Ok(value)
 }
 
+/// The object of `identity`, the architecture its export is for, and the names every node of
+/// that architecture delivers.
+async fn delivered(
+    args: &ClusterArgs,
+    identity: &Identity,
+) -> anyhow::Result<(SyscallProfile, Arch, Vec<String>)> {
+    let client = client(args).await?;
+    let object = get(&client, identity).await?;
+    let status = object.status.clone().unwrap_or_default();
+    let arch = arch_of(&status);
+    let names = delivered_names(&status, arch)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Ok((object, arch, names))
+}
+
 /// `recorder-agent export` against the cluster: the bytes and the number of syscalls.
 pub fn export(
     args: &ClusterArgs,
     identity: &Identity,
     format: Format,
 ) -> anyhow::Result<(Vec<u8>, usize)> {
-    runtime()?.block_on(async {
-        let client = client(args).await?;
-        let object = get(&client, identity).await?;
-        let status = object.status.clone().unwrap_or_default();
-        let arch = arch_of(&status);
-        let names: Vec<&str> = delivered_names(&status, arch).into_iter().collect();
-        Ok(match format {
-            // The bytes every node of `arch` has in its seccomp dir.
-            Format::Oci => (render_names(&names, arch), names.len()),
-            Format::Spo => {
-                let mut profile = Profile::new(identity.clone(), std::time::SystemTime::now());
-                for name in &names {
-                    profile.syscalls.insert((*name).to_owned(), 0);
-                }
-                (seccomp::render(Format::Spo, &profile, arch), names.len())
-            }
-            Format::Json => {
-                let value = profile_json(identity, &object)?;
-                (pretty(&value)?, status.syscall_count as usize)
-            }
-        })
+    let (object, arch, names) = runtime()?.block_on(delivered(args, identity))?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(match format {
+        // The bytes every node of `arch` has in its seccomp dir.
+        Format::Oci => (render_names(&names, arch), names.len()),
+        Format::Spo => (pretty(&spo_of_names(identity, &names, arch))?, names.len()),
+        Format::Json => {
+            let value = profile_json(identity, &object)?;
+            let count = object.status.map_or(0, |status| status.syscall_count);
+            (pretty(&value)?, count as usize)
+        }
     })
 }
 
 /// The cluster's current profile of `identity` as a policy `diff` compares.
 pub fn policy(args: &ClusterArgs, identity: &Identity) -> anyhow::Result<Policy> {
-    let (bytes, _) = export(args, identity, Format::Oci)?;
-    let oci: OciSeccomp =
-        serde_json::from_slice(&bytes).context("rendering the cluster profile")?;
+    let (_, arch, names) = runtime()?.block_on(delivered(args, identity))?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     Ok(Policy {
         path: PathBuf::from(format!("cluster:{identity}")),
         format: Format::Oci,
-        oci,
+        oci: oci_of_names(&names, arch),
     })
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
-use self::output::{emit, pretty};
+use self::output::{aligned, emit, or_underscore, pretty};
 use crate::{
     client::http::{HttpError, Server},
     config::{
@@ -114,10 +114,6 @@ struct ListedProfile {
     stable: bool,
 }
 
-fn or_underscore(part: &str) -> &str {
-    if part.is_empty() { "_" } else { part }
-}
-
 /// The `profiles` table: one line per profile, columns aligned.
 fn table(rows: &[ListedProfile]) -> String {
     let mut lines = vec![
@@ -147,23 +143,7 @@ fn table(rows: &[ListedProfile]) -> String {
             if row.stable { "yes" } else { "no" }.to_owned(),
         ]);
     }
-    let mut widths = [0usize; 8];
-    for line in &lines {
-        for (width, cell) in widths.iter_mut().zip(line) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for line in &lines {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(&lines)
 }
 
 /// The agent to ask: `--server`, else the default URL; `None` when the cluster is asked.

@@ -259,20 +259,23 @@ impl<C: SlotCounters> Collector<C> {
 
     /// Adds the deltas read since the last call (by rounds and releases) to `store`: the one
     /// step of a round that needs the store, so the caller runs it under the store's lock.
-    /// What a failed round or release did read is folded too.
-    pub fn fold_into(&mut self, store: &mut ProfileStore, now: SystemTime) {
+    /// What a failed round or release did read is folded too. Returns whether a profile
+    /// gained a syscall (or a profile appeared).
+    pub fn fold_into(&mut self, store: &mut ProfileStore, now: SystemTime) -> bool {
+        let mut new_syscall = false;
         for (slot, delta) in self.round_deltas.drain(..) {
             if let Some(identity) = self
                 .last
                 .get(&slot)
                 .and_then(|state| state.identity.as_ref())
             {
-                store.add_sparse(identity, self.arch, &delta, now);
+                new_syscall |= store.add_sparse(identity, self.arch, &delta, now);
             }
         }
         for (identity, delta) in self.detached_deltas.drain(..) {
-            store.add_sparse(&identity, self.arch, &delta, now);
+            new_syscall |= store.add_sparse(&identity, self.arch, &delta, now);
         }
+        new_syscall
     }
 
     /// Gives the unfolded deltas of the last round their identity before the slot states they

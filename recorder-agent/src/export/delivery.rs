@@ -25,7 +25,10 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::kubernetes::counted_apart,
     export::Format,
-    export::publish::{publishable, view::ClusterView},
+    export::publish::{
+        publishable,
+        view::{ClusterProfile, ClusterView},
+    },
     export::seccomp,
     profile::state::{self, StateError},
     profile::syscalls::Arch,
@@ -137,10 +140,10 @@ pub fn relative_path(identity: &Identity) -> Result<PathBuf, DeliveryError> {
 /// What was written last for one identity.
 #[derive(Debug)]
 struct Written {
-    /// `last_new_syscall` and number of names then: unchanged means the set is unchanged,
-    /// since a profile only ever gains names, and checking costs nothing.
-    last_new_syscall: SystemTime,
-    names: usize,
+    /// For a file from this node's profile: its `last_new_syscall` and number of names then.
+    /// Unchanged means the set is unchanged (a profile only ever gains names), and checking
+    /// costs nothing. `None` for a file from the cluster's profile: compared by fingerprint.
+    learned: Option<(SystemTime, usize)>,
     /// Hash of the sorted names, for when the cheap check says "maybe".
     fingerprint: u64,
 }
@@ -231,8 +234,7 @@ impl Delivery {
         match self.written.get(identity) {
             None => true,
             Some(last) => {
-                (last.last_new_syscall != profile.last_new_syscall
-                    || last.names != profile.syscalls.len())
+                last.learned != Some((profile.last_new_syscall, profile.syscalls.len()))
                     && last.fingerprint != fingerprint(profile)
             }
         }
@@ -254,23 +256,29 @@ impl Delivery {
         if let Some(view) = cluster {
             self.deliver_cluster(view, &mut stats);
         }
-        let changed: Vec<Profile> = store
-            .read()
-            .values()
-            .filter(|profile| {
-                !cluster.is_some_and(|view| view.contains(&profile.identity))
-                    && self.needs_write(profile)
-                    && !(hold
-                        && publishable(&profile.identity)
-                        && self.file_exists(&profile.identity))
-            })
-            .cloned()
-            .collect();
+        // The cluster's identities are looked up under one read of the view, not one per
+        // profile.
+        let pick = |owned: Option<&HashMap<Identity, ClusterProfile>>| -> Vec<Profile> {
+            store
+                .read()
+                .values()
+                .filter(|profile| {
+                    !owned.is_some_and(|owned| owned.contains_key(&profile.identity))
+                        && self.needs_write(profile)
+                        && !(hold
+                            && publishable(&profile.identity)
+                            && self.file_exists(&profile.identity))
+                })
+                .cloned()
+                .collect()
+        };
+        let changed = match cluster {
+            Some(view) => view.with_profiles(|owned| pick(Some(owned))),
+            None => pick(None),
+        };
         for profile in &changed {
-            let names: Vec<&str> = profile.syscalls.keys().map(String::as_str).collect();
             let written = Written {
-                last_new_syscall: profile.last_new_syscall,
-                names: names.len(),
+                learned: Some((profile.last_new_syscall, profile.syscalls.len())),
                 fingerprint: fingerprint(profile),
             };
             let bytes = seccomp::render(Format::Oci, profile, self.arch);
@@ -307,11 +315,8 @@ impl Delivery {
             {
                 continue;
             }
-            // Never matches a local profile's quick check, so a profile that goes back to
-            // local delivery is compared by its names.
             let written = Written {
-                last_new_syscall: SystemTime::UNIX_EPOCH,
-                names: usize::MAX,
+                learned: None,
                 fingerprint,
             };
             let bytes = render_names(&names, self.arch);
@@ -386,18 +391,23 @@ impl Delivery {
     }
 }
 
-/// The OCI file of a syscall set, exactly as [`seccomp::render`] writes a profile with these
-/// names (so the file does not change when a workload moves from local to cluster delivery).
-pub fn render_names(names: &[&str], arch: Arch) -> Vec<u8> {
-    let oci = seccomp::oci_allow_list(
+/// The OCI profile of a delivered syscall set: the names with a number on `arch`, as
+/// [`seccomp::oci_profile`] builds a learned profile's.
+pub fn oci_of_names(names: &[&str], arch: Arch) -> seccomp::OciSeccomp {
+    seccomp::oci_allow_list(
         names
             .iter()
             .copied()
             .filter(|name| arch.syscall_number(name).is_some()),
         arch,
-    );
-    let mut bytes =
-        serde_json::to_vec_pretty(&oci).expect("an OCI profile always serialises to JSON");
+    )
+}
+
+/// The OCI file of a syscall set, exactly as [`seccomp::render`] writes a profile with these
+/// names (so the file does not change when a workload moves from local to cluster delivery).
+pub fn render_names(names: &[&str], arch: Arch) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(&oci_of_names(names, arch))
+        .expect("an OCI profile always serialises to JSON");
     bytes.push(b'\n');
     bytes
 }
@@ -407,7 +417,7 @@ mod tests {
     use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
     use super::*;
-    use crate::export::publish::{Mode, view::ClusterProfile};
+    use crate::export::publish::Mode;
 
     fn store_with(identity: &Identity, nrs: &[usize], at: u64) -> SharedProfiles {
         let store = SharedProfiles::new();

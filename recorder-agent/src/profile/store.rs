@@ -117,25 +117,9 @@ impl ProfileStore {
         }
     }
 
-    /// Sets an enforced baseline of one profile (see [`Profile::set_enforced_baseline`]);
-    /// false when unknown.
-    pub fn set_enforced_baseline<I, S>(
-        &mut self,
-        identity: &Identity,
-        syscalls: I,
-        since: SystemTime,
-    ) -> bool
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        match self.profiles.get_mut(identity) {
-            Some(profile) => {
-                profile.set_enforced_baseline(syscalls, since);
-                true
-            }
-            None => false,
-        }
+    /// One profile, to change in place (its identity must not change: see [`Self::rename`]).
+    pub fn get_mut(&mut self, identity: &Identity) -> Option<&mut Profile> {
+        self.profiles.get_mut(identity)
     }
 
     /// Moves a profile to another identity (merging), e.g. when metadata arrives.

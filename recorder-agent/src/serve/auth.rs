@@ -134,6 +134,22 @@ impl KubeReviewer {
     pub fn new(client: Client) -> Self {
         Self { client }
     }
+
+    /// Creates a review (cluster-scoped, never stored) and returns the API server's answer,
+    /// or the API error in one line.
+    async fn create<K>(&self, review: &K) -> Result<K, String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        Api::<K>::all(self.client.clone())
+            .create(&PostParams::default(), review)
+            .await
+            .map_err(|err| ApiReport(&err).to_string())
+    }
 }
 
 impl Reviewer for KubeReviewer {
@@ -146,12 +162,10 @@ impl Reviewer for KubeReviewer {
             },
             ..TokenReview::default()
         };
-        let answer = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
+        let answer = self
+            .create(&review)
             .await
-            .map_err(|err| ReviewError::TokenReview {
-                reason: ApiReport(&err).to_string(),
-            })?;
+            .map_err(|reason| ReviewError::TokenReview { reason })?;
         let status = answer.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
         match (status.authenticated, user.username) {
@@ -187,12 +201,10 @@ impl Reviewer for KubeReviewer {
             },
             ..SubjectAccessReview::default()
         };
-        let answer = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
+        let answer = self
+            .create(&review)
             .await
-            .map_err(|err| ReviewError::AccessReview {
-                reason: ApiReport(&err).to_string(),
-            })?;
+            .map_err(|reason| ReviewError::AccessReview { reason })?;
         let status = answer.status.unwrap_or_default();
         if status.allowed {
             return Ok(Access::Allowed);

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::view::ClusterView;
 use crate::{
     attribution::kubernetes::ApiReport,
-    export::seccomp::{self, SPO_KIND},
+    export::seccomp::{self, SPO_KIND, SpoSeccompProfile},
     profile::{Identity, Profile, syscalls::Arch},
 };
 
@@ -31,6 +31,20 @@ const FIELD_MANAGER: &str = "syscall-recorder";
 const POLL: Duration = Duration::from_secs(2);
 const CRD_RETRY: Duration = Duration::from_secs(60);
 
+/// The SeccompProfile of a delivered syscall set (the cluster's, so without one node's
+/// learning times).
+pub fn spo_of_names(identity: &Identity, names: &[&str], arch: Arch) -> SpoSeccompProfile {
+    let mut profile = Profile::new(identity.clone(), std::time::SystemTime::UNIX_EPOCH);
+    for name in names {
+        profile.syscalls.insert((*name).to_owned(), 0);
+    }
+    let mut spo = seccomp::spo_profile(&profile, arch);
+    spo.metadata
+        .annotations
+        .retain(|key, _| !key.ends_with("/first-seen") && !key.ends_with("/last-new-syscall"));
+    spo
+}
+
 /// The SeccompProfile object of a delivered syscall set, in `api_version`.
 pub fn spo_object(
     identity: &Identity,
@@ -38,16 +52,9 @@ pub fn spo_object(
     arch: Arch,
     api_version: &str,
 ) -> serde_json::Value {
-    let mut profile = Profile::new(identity.clone(), std::time::SystemTime::UNIX_EPOCH);
-    for name in names {
-        profile.syscalls.insert(name.clone(), 0);
-    }
-    let mut spo = seccomp::spo_profile(&profile, arch);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut spo = spo_of_names(identity, &names, arch);
     spo.api_version = api_version.to_owned();
-    // Times of one node's learning mean nothing for the cluster's profile.
-    spo.metadata
-        .annotations
-        .retain(|key, _| !key.ends_with("/first-seen") && !key.ends_with("/last-new-syscall"));
     serde_json::to_value(&spo).unwrap_or_default()
 }
 

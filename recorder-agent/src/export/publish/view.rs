@@ -30,19 +30,6 @@ pub struct ClusterProfile {
     pub first_node: Option<String>,
 }
 
-impl ClusterProfile {
-    /// Names of `learned` outside the frozen set (none while learning).
-    pub fn unexpected<'a>(&self, learned: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-        match &self.frozen {
-            Some(frozen) => learned
-                .into_iter()
-                .filter(|name| !frozen.contains(*name))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-}
-
 /// The identity an object stands for and what this node delivers for it. An object whose name
 /// is not the one its spec's identity publishes to (made by hand) is refused, so two objects
 /// never compete for one file.
@@ -98,25 +85,13 @@ struct Inner {
 }
 
 /// The shared view; empty and unsynced until the watch has listed every object once.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ClusterView {
     inner: RwLock<Inner>,
     synced: AtomicBool,
-    created: std::time::Instant,
     /// Identities whose object went away, until the publisher takes them (it must write its
     /// contribution again, into a new object).
     deleted: std::sync::Mutex<Vec<Identity>>,
-}
-
-impl Default for ClusterView {
-    fn default() -> Self {
-        Self {
-            inner: RwLock::default(),
-            synced: AtomicBool::new(false),
-            created: std::time::Instant::now(),
-            deleted: std::sync::Mutex::default(),
-        }
-    }
 }
 
 impl ClusterView {
@@ -199,11 +174,6 @@ impl ClusterView {
         !self.synced()
     }
 
-    /// How long the view has existed without being listed, when it has not been.
-    pub fn unsynced_for(&self) -> Option<std::time::Duration> {
-        (!self.synced()).then(|| self.created.elapsed())
-    }
-
     /// Changes so far.
     pub fn generation(&self) -> u64 {
         self.read().generation
@@ -214,9 +184,9 @@ impl ClusterView {
         self.read().profiles.get(identity).cloned()
     }
 
-    /// Whether the cluster has a profile for `identity`.
-    pub fn contains(&self, identity: &Identity) -> bool {
-        self.read().profiles.contains_key(identity)
+    /// Runs `f` over every profile under one read of the view.
+    pub fn with_profiles<R>(&self, f: impl FnOnce(&HashMap<Identity, ClusterProfile>) -> R) -> R {
+        f(&self.read().profiles)
     }
 
     /// Every profile with the generation it belongs to.
@@ -230,16 +200,6 @@ impl ClusterView {
                 .map(|(identity, profile)| (identity.clone(), profile.clone()))
                 .collect(),
         )
-    }
-
-    /// Objects in the view.
-    pub fn len(&self) -> usize {
-        self.read().profiles.len()
-    }
-
-    /// Whether the view is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Measures this node's drift against what the cluster delivers: a frozen profile's
@@ -273,11 +233,11 @@ impl ClusterView {
                     _ => None,
                 },
             };
-            if let Some(names) = next {
+            if let (Some(names), Some(profile)) = (next, store.get_mut(identity)) {
                 if cluster.frozen.is_some() {
-                    store.set_enforced_baseline(identity, names, now);
+                    profile.set_enforced_baseline(names, now);
                 } else {
-                    store.set_baseline(identity, names, now);
+                    profile.set_baseline(names, now);
                 }
                 changed += 1;
             }
@@ -346,7 +306,6 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(frozen.delivered, ["read", "write"]);
-        assert_eq!(frozen.unexpected(["read", "ptrace"]), ["ptrace"]);
         // A hand-made object for the same workload under another name competes for nothing.
         let err = from_object(&object("my-copy", None), Arch::X86_64).expect_err("refused");
         assert!(err.to_string().contains("my-copy"), "{err}");
