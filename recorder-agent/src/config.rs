@@ -382,6 +382,21 @@ pub struct RunArgs {
     /// Time between publishing passes (each writes only what changed).
     #[arg(long, env = "RECORDER_PUBLISH_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub publish_interval: Duration,
+    /// The container runtime's own set-up (mounts, pivot_root, hostname, keyring, filters)
+    /// before it runs the container's program: `exclude` keeps it out of profiles (verified
+    /// for runc), `include` counts it as the container's (for runtimes whose boundary the
+    /// agent does not know).
+    #[arg(long, env = "RECORDER_RUNTIME_PHASE", value_enum, default_value_t = RuntimePhase::Exclude)]
+    pub runtime_phase: RuntimePhase,
+}
+
+/// Whether a container runtime's set-up is part of a container's profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimePhase {
+    /// Counted apart (`syscall_recorder_runtime_syscalls_total`), in no profile.
+    Exclude,
+    /// Counted as the container's own.
+    Include,
 }
 
 /// `recorder-agent record`.

@@ -25,6 +25,32 @@
 //! agent fills before attaching, so a cgroup is counted from its very first syscall without
 //! user space noticing it first. When the queue is empty the syscalls go to
 //! [`OVERFLOW_SLOT`], whose counts are the kernel-side loss.
+//!
+//! # What a slot counts
+//!
+//! A slot belongs to a [`SlotKey`]: a cgroup, and what kind of calls of it. Three things keep
+//! a container's own calls apart from others made in its cgroup:
+//! - **Compat calls** (a 32-bit binary, or `int $0x80`, on x86_64: the task's `TS_COMPAT`
+//!   status during the call; `TIF_32BIT` on aarch64) have numbers of another table. They are
+//!   counted in a slot of their own ([`KIND_COMPAT`]); the cache keys them by the `pt_regs`
+//!   address with bit 0 set (the address is 8-byte aligned), so a task that makes both kinds
+//!   hits for both. The check is one load from the current task on every call.
+//! - **The runtime's set-up**: a process moved into a cgroup (`cgroup_attach_task`: runc's
+//!   init, runc exec's init) and its children are in [`PHASE_SETUP`] until runc's init asks
+//!   `prctl(PR_GET_PDEATHSIG)` (after its mounts, `pivot_root`, hostname and keyring, before
+//!   it drops privileges or can apply a seccomp filter) or the process executes a program.
+//!   Their calls go to [`RUNTIME_SLOT`], shared by all cgroups. Between that marker and the
+//!   program ([`PHASE_LATE`]) the calls are the container's (a filter applied before
+//!   `setuid`/`capset`, as runc does without `noNewPrivileges`, must allow them), except
+//!   `seccomp` itself, which runs before any filter of the container applies.
+//! - **Exec sessions**: a process moved into a cgroup that already counted calls of its own
+//!   (runc exec, and so `kubectl exec` and exec probes) is an exec session once it executes
+//!   its program ([`PHASE_SESSION`]); it and its children count in an [`KIND_EXEC`] slot keyed
+//!   by a hash of the program's argv, whose text is kept in [`MAP_EXEC_COMMANDS`] for the agent
+//!   to tell a probe (its command is in the pod spec) from an interactive session.
+//!
+//! Tasks without an entry in [`MAP_TASK_STATES`] (nearly all) are the container's own. The
+//! state is looked up only on a cache miss, and on `prctl`/`seccomp` calls.
 #![no_std]
 
 /// Counter columns per slot. Column `nr` counts syscall number `nr`; numbers at or above
@@ -36,8 +62,89 @@ pub const OUT_OF_RANGE_COLUMN: u32 = (SYSCALL_COLUMNS - 1) as u32;
 
 /// Slot 0 collects syscalls of cgroups that could not get a slot (capacity exhausted).
 pub const OVERFLOW_SLOT: u32 = 0;
+/// Slot 1 collects the calls of every container runtime's set-up ([`PHASE_SETUP`]).
+pub const RUNTIME_SLOT: u32 = 1;
 /// First slot that belongs to a cgroup.
-pub const FIRST_CGROUP_SLOT: u32 = 1;
+pub const FIRST_CGROUP_SLOT: u32 = 2;
+
+/// [`SlotKey::kind`] bit: compat (32-bit ABI) calls, numbered from the compat table.
+pub const KIND_COMPAT: u32 = 1;
+/// [`SlotKey::kind`] bit: calls of an exec session, [`SlotKey::session`] names it.
+pub const KIND_EXEC: u32 = 2;
+
+/// The key of [`MAP_CGROUP_SLOTS`]: whose calls a slot counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    /// The cgroup v2 id.
+    pub cgroup: u64,
+    /// With [`KIND_EXEC`]: the session's command hash (a key of [`MAP_EXEC_COMMANDS`]); else 0.
+    pub session: u64,
+    /// [`KIND_COMPAT`] and [`KIND_EXEC`] bits; 0 for the container's own native calls.
+    pub kind: u32,
+    /// Explicit padding (0: the key is hashed bytewise).
+    pub _pad: u32,
+}
+
+/// A task (thread group) between entering a cgroup and running the container's program.
+pub const PHASE_SETUP: u32 = 1;
+/// After runc's set-up marker, before the program: counted as the container's own.
+pub const PHASE_LATE: u32 = 2;
+/// An exec session's program and its children.
+pub const PHASE_SESSION: u32 = 3;
+
+/// The value of [`MAP_TASK_STATES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskState {
+    /// `PHASE_*`.
+    pub phase: u32,
+    /// 1 when the process entered a cgroup that already had calls of its own (an exec).
+    pub exec: u32,
+    /// With [`PHASE_SESSION`]: the session's command hash.
+    pub session: u64,
+}
+
+/// `LRU_HASH<u32 host tgid, TaskState>`: the processes that are not (yet) a container's own.
+/// A dropped entry makes its process count as its container's own (the wider profile).
+pub const MAP_TASK_STATES: &str = "TASK_STATES";
+/// `max_entries` of [`MAP_TASK_STATES`].
+pub const TASK_STATES_ENTRIES: u32 = 16384;
+/// `LRU_HASH<u64 session, ExecCommand>`: the argv of each exec session's program.
+pub const MAP_EXEC_COMMANDS: &str = "EXEC_COMMANDS";
+/// `max_entries` of [`MAP_EXEC_COMMANDS`].
+pub const EXEC_COMMANDS_ENTRIES: u32 = 1024;
+/// `PERCPU_ARRAY<ExecCommand>`, one entry: where an argv is read before it is hashed.
+pub const MAP_EXEC_SCRATCH: &str = "EXEC_SCRATCH";
+/// Longest argv kept (and hashed): longer command lines are cut.
+pub const EXEC_ARGV_MAX: usize = 248;
+
+/// An exec session's command line: the argv strings, each NUL-terminated, as the kernel keeps
+/// them in the process (cut at [`EXEC_ARGV_MAX`] bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecCommand {
+    /// Bytes of `argv` in use.
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The argv bytes.
+    pub argv: [u8; EXEC_ARGV_MAX],
+}
+
+/// The session key of an argv: FNV-1a over its bytes (never 0, which means "no session").
+#[inline(always)]
+#[must_use]
+pub const fn session_hash(argv: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < argv.len() {
+        hash ^= argv[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    if hash == 0 { 1 } else { hash }
+}
 /// Cache value for tasks that are not counted (the agent itself, see [`Config::skip_tgid`]).
 pub const SKIP_SLOT: u32 = u32::MAX;
 
@@ -51,7 +158,7 @@ pub const MAP_COUNTS: &str = "COUNTS";
 /// bumps the generation (so every task that goes on counting misses once more and marks its
 /// slot again) and reads only marked slots: a round costs what the cgroups that ran cost.
 pub const MAP_ACTIVE: &str = "ACTIVE";
-/// `HASH<u64 cgroup id, u32 slot>`, `max_entries = capacity`.
+/// `HASH<SlotKey, u32 slot>`, `max_entries = capacity`.
 pub const MAP_CGROUP_SLOTS: &str = "CGROUP_SLOTS";
 /// `QUEUE<u32 slot>`, `max_entries = capacity`: the slots no cgroup holds.
 pub const MAP_FREE_SLOTS: &str = "FREE_SLOTS";
@@ -67,7 +174,7 @@ pub const MAP_STATS: &str = "STATS";
 /// Every map of the object. The agent pins them all (a program left attached across an agent
 /// restart keeps writing the maps it was loaded with, so any map user space reads must be the
 /// pinned one); it refuses to pin a set that misses a map of the object.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_COUNTS,
     MAP_ACTIVE,
     MAP_CGROUP_SLOTS,
@@ -79,10 +186,13 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_CGROUP_EVENTS,
     MAP_CGROUP_PATHS,
     MAP_MKDIR_SCRATCH,
+    MAP_TASK_STATES,
+    MAP_EXEC_COMMANDS,
+    MAP_EXEC_SCRATCH,
 ];
 
 /// Bumped on any change of map layout or meaning: pinned maps of another ABI are not reused.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Maps whose `max_entries` the agent sets at load time from its capacity.
 pub const CAPACITY_MAPS: [&str; 5] = [
@@ -106,6 +216,11 @@ pub const PROG_SYS_ENTER: &str = "sys_enter";
 pub const PROG_CGROUP_ATTACH: &str = "cgroup_attach_task";
 /// Program on the raw tracepoint `sched_process_exit`: invalidates caches when a task exits.
 pub const PROG_TASK_EXIT: &str = "sched_process_exit";
+/// Program on the raw tracepoint `sched_process_fork`: children inherit their parent's phase.
+pub const PROG_TASK_FORK: &str = "sched_process_fork";
+/// Program on the raw tracepoint `sched_process_exec`: a program starts (ends set-up, starts
+/// exec sessions).
+pub const PROG_TASK_EXEC: &str = "sched_process_exec";
 /// An empty program on `sys_enter`: the cost floor `cargo xtask bench` compares against. The
 /// agent never loads it.
 pub const PROG_SYS_ENTER_EMPTY: &str = "sys_enter_empty";
@@ -238,7 +353,44 @@ pub struct Config {
     pub cpus: u32,
     /// Where the `cgroup_mkdir` program finds a new cgroup's id and hierarchy.
     pub cgroup_layout: CgroupLayout,
+    /// Where the task programs find a process's tgid and argv.
+    pub task_layout: TaskLayout,
+    /// 1: the runtime's set-up is counted apart ([`RUNTIME_SLOT`]); 0: as the container's own.
+    pub cut_runtime: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
+
+/// Byte offsets the task programs read (from the kernel's BTF, like [`CgroupLayout`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskLayout {
+    /// 1 when the offsets are known; with 0 no process gets a phase (all calls are their
+    /// cgroup's own, as before phases existed).
+    pub known: u32,
+    /// `struct task_struct`, member `tgid` (`pid_t`).
+    pub task_tgid: u32,
+    /// `struct task_struct`, member `mm` (`struct mm_struct *`).
+    pub task_mm: u32,
+    /// `struct mm_struct`, member `arg_start` (`unsigned long`).
+    pub mm_arg_start: u32,
+    /// `struct mm_struct`, member `arg_end` (`unsigned long`).
+    pub mm_arg_end: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Where the kernel program reads whether the current call is a compat one: a `u32` at this
+/// offset of `struct task_struct` (x86_64: `thread_info.status`, `TS_COMPAT`; aarch64: the low
+/// half of `thread_info.flags`, `TIF_32BIT`). `thread_info` is the first member of
+/// `task_struct` on both; the agent checks the offset against the kernel's BTF.
+pub const COMPAT_FLAG_OFFSET_X86_64: u32 = 16;
+/// The bit of [`COMPAT_FLAG_OFFSET_X86_64`]'s word: `TS_COMPAT`.
+pub const COMPAT_FLAG_MASK_X86_64: u32 = 0x0002;
+/// aarch64: `thread_info.flags` is at 0.
+pub const COMPAT_FLAG_OFFSET_AARCH64: u32 = 0;
+/// aarch64: `TIF_32BIT` (bit 22).
+pub const COMPAT_FLAG_MASK_AARCH64: u32 = 1 << 22;
 
 /// Byte offsets of the kernel struct members the `cgroup_mkdir` program reads to learn a new
 /// cgroup's id and whether it is a cgroup v2 one (`cgrp->kn->id`, `cgrp->root->hierarchy_id`,
@@ -265,7 +417,10 @@ const _: () = assert!(core::mem::size_of::<SlotCounts>() == 8 * SYSCALL_COLUMNS)
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<CpuCache>() == 24 * CACHE_ENTRIES);
 const _: () = assert!(CACHE_ENTRIES.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(core::mem::size_of::<SlotKey>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskState>() == 16);
+const _: () = assert!(core::mem::size_of::<ExecCommand>() == 256);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 512);
 const _: () = assert!(SYSCALL_COLUMNS.is_power_of_two());
 
@@ -279,4 +434,10 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CgroupEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SlotKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecCommand {}
 }

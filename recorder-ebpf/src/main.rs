@@ -1,5 +1,6 @@
-//! The kernel program: counts every syscall per (cgroup v2, syscall number) in per-CPU blocks.
-//! The ABI and the design are described in `lib.rs`.
+//! The kernel program: counts every syscall per (cgroup v2, kind of call, syscall number) in
+//! per-CPU blocks, and follows which processes are a runtime's set-up or an exec session. The
+//! ABI and the design are described in `lib.rs`.
 #![no_std]
 #![no_main]
 // The bpf target has no atomic read-modify-write in `core::sync::atomic`; the intrinsic lowers
@@ -18,19 +19,46 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, bpf_pidns_info},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_ns_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_get_ns_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
     programs::RawTracePointContext,
 };
 use recorder_ebpf::{
-    CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache,
-    OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT, SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR,
-    STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts,
-    cache_index, cache_index_alt, counter_index,
+    CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache, EXEC_ARGV_MAX,
+    EXEC_COMMANDS_ENTRIES, ExecCommand, KIND_COMPAT, KIND_EXEC, OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT,
+    PHASE_LATE, PHASE_SESSION, PHASE_SETUP, RUNTIME_SLOT, SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT,
+    STAT_MAP_ERROR, STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS,
+    SlotCounts, SlotKey, TASK_STATES_ENTRIES, TaskState, cache_index, cache_index_alt,
+    counter_index,
 };
+
+/// Per-architecture constants: the compat flag, where the first syscall argument is in
+/// `pt_regs`, and the numbers of the calls the set-up boundary watches.
+#[cfg(bpf_target_arch = "x86_64")]
+mod arch {
+    pub const COMPAT_FLAG_OFFSET: usize = recorder_ebpf::COMPAT_FLAG_OFFSET_X86_64 as usize;
+    pub const COMPAT_FLAG_MASK: u32 = recorder_ebpf::COMPAT_FLAG_MASK_X86_64;
+    /// `pt_regs.di`.
+    pub const ARG0_OFFSET: usize = 14 * 8;
+    pub const NR_PRCTL: u64 = 157;
+    pub const NR_SECCOMP: u64 = 317;
+}
+#[cfg(bpf_target_arch = "aarch64")]
+mod arch {
+    pub const COMPAT_FLAG_OFFSET: usize = recorder_ebpf::COMPAT_FLAG_OFFSET_AARCH64 as usize;
+    pub const COMPAT_FLAG_MASK: u32 = recorder_ebpf::COMPAT_FLAG_MASK_AARCH64;
+    /// `pt_regs.orig_x0` (`regs[31]`, `sp`, `pc`, `pstate` come first).
+    pub const ARG0_OFFSET: usize = 34 * 8;
+    pub const NR_PRCTL: u64 = 167;
+    pub const NR_SECCOMP: u64 = 277;
+}
+
+/// `PR_GET_PDEATHSIG`: runc's init asks it once its mounts, root and hostname are set up.
+const PR_GET_PDEATHSIG: u64 = 2;
 
 // The sizes of the capacity maps are placeholders: the agent sets them at load time.
 #[map]
@@ -38,7 +66,7 @@ static COUNTS: Array<SlotCounts> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 #[map]
 static ACTIVE: Array<u64> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 #[map]
-static CGROUP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(1, 0);
+static CGROUP_SLOTS: HashMap<SlotKey, u32> = HashMap::with_max_entries(1, 0);
 #[map]
 static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(1, 0);
 #[map]
@@ -49,6 +77,14 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static CACHE: PerCpuArray<CpuCache> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+#[map]
+static TASK_STATES: LruHashMap<u32, TaskState> =
+    LruHashMap::with_max_entries(TASK_STATES_ENTRIES, 0);
+#[map]
+static EXEC_COMMANDS: LruHashMap<u64, ExecCommand> =
+    LruHashMap::with_max_entries(EXEC_COMMANDS_ENTRIES, 0);
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecCommand> = PerCpuArray::with_max_entries(1, 0);
 
 /// A failure the program counts instead of logging (no aya-log on the hot path).
 struct Stat(u32);
@@ -89,6 +125,19 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Whether the current call entered through the compat (32-bit) ABI.
+#[inline(always)]
+fn in_compat_syscall() -> bool {
+    // SAFETY: the helper returns the current task as a trusted BTF pointer; the load reads
+    // the `u32` at an offset inside its `thread_info`, which the verifier checks against the
+    // kernel's BTF (and the agent checked before loading).
+    unsafe {
+        let task = bpf_get_current_task_btf().cast::<u8>();
+        let flags = ptr::read(task.add(arch::COMPAT_FLAG_OFFSET).cast::<u32>());
+        flags & arch::COMPAT_FLAG_MASK != 0
+    }
+}
+
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     let nr: u64 = ctx.arg(1);
@@ -99,7 +148,13 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
         OUT_OF_RANGE_COLUMN as usize
     };
     // `struct pt_regs *regs`, on the current task's kernel stack: a task key without a helper call.
-    let task: u64 = ctx.arg(0);
+    let regs: u64 = ctx.arg(0);
+    let compat = in_compat_syscall();
+    if !compat && (nr == arch::NR_PRCTL || nr == arch::NR_SECCOMP) && set_up_call(nr, regs) {
+        return count_runtime(column);
+    }
+    // Compat calls of a task have a cache entry (and a slot) of their own.
+    let task = regs | u64::from(compat);
     let generation = generation();
     let cache = CACHE.get_ptr_mut(0).ok_or(Stat(STAT_MAP_ERROR))?;
     // The masks are no-ops for the indexes but prove the bounds to the verifier. The second
@@ -117,7 +172,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
             if (*b).task == task && (*b).generation == generation {
                 (*b).counter
             } else {
-                let counter = find_counter()?;
+                let counter = find_counter(compat)?;
                 // Take the first place unless another live task holds it and the second is
                 // free (stale): a pair colliding in one place then settles into both.
                 let victim = if (*a).generation == generation && (*b).generation != generation {
@@ -146,9 +201,55 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     Ok(())
 }
 
+/// Counts a call in this CPU's block of [`RUNTIME_SLOT`] (not cached: rare calls only).
+#[inline(always)]
+fn count_runtime(column: usize) -> Result<(), Stat> {
+    let config = CONFIG.get(0).ok_or(Stat(STAT_MAP_ERROR))?;
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let counts = COUNTS
+        .get_ptr_mut(counter_index(RUNTIME_SLOT, cpu, config.cpus))
+        .ok_or(Stat(STAT_MAP_ERROR))?;
+    // SAFETY: as in `try_sys_enter`: this CPU's block, the index masked in bounds.
+    unsafe { (*counts).calls[column & (SYSCALL_COLUMNS - 1)] += 1 };
+    Ok(())
+}
+
+/// A `prctl` or `seccomp` call of the current task: runc's set-up marker moves a task in
+/// set-up to [`PHASE_LATE`]; a `seccomp` call before the program runs (the runtime installing
+/// or probing filters) is the runtime's. Returns whether the call is counted as the runtime's.
+#[inline(always)]
+fn set_up_call(nr: u64, regs: u64) -> bool {
+    if CONFIG.get(0).is_none_or(|config| config.cut_runtime == 0) {
+        return false;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(state) = TASK_STATES.get_ptr_mut(&tgid) else {
+        return false;
+    };
+    // SAFETY: a map value; the phase is only moved forward, so a concurrent update by another
+    // thread of the process writes the same value.
+    unsafe {
+        if nr == arch::NR_SECCOMP {
+            return matches!((*state).phase, PHASE_SETUP | PHASE_LATE);
+        }
+        if (*state).phase != PHASE_SETUP || (*state).exec != 0 {
+            return false;
+        }
+        let arg0: u64 =
+            bpf_probe_read_kernel((regs as usize + arch::ARG0_OFFSET) as *const u64).unwrap_or(0);
+        if arg0 == PR_GET_PDEATHSIG {
+            (*state).phase = PHASE_LATE;
+            // Cached counters of the process's threads point at the runtime slot.
+            bump_generation();
+        }
+    }
+    false
+}
+
 /// The slow path: which counter block (slot and CPU) counts the current task's syscalls.
 #[inline(always)]
-fn find_counter() -> Result<u32, Stat> {
+fn find_counter(compat: bool) -> Result<u32, Stat> {
     count_stat(STAT_CACHE_MISS);
     let config = CONFIG.get(0).ok_or(Stat(STAT_MAP_ERROR))?;
     if config.skip_tgid != 0 && is_skipped(config) {
@@ -157,7 +258,27 @@ fn find_counter() -> Result<u32, Stat> {
     // SAFETY: helper without arguments; the program runs with migration disabled, so the CPU
     // stays the one whose cache entry this fills.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let slot = find_slot()?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mut key = SlotKey {
+        cgroup: 0,
+        session: 0,
+        kind: if compat { KIND_COMPAT } else { 0 },
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(state) = unsafe { TASK_STATES.get(&tgid) } {
+        match state.phase {
+            PHASE_SETUP if config.cut_runtime != 0 => {
+                return Ok(counter_index(RUNTIME_SLOT, cpu, config.cpus));
+            }
+            PHASE_SESSION => {
+                key.kind |= KIND_EXEC;
+                key.session = state.session;
+            }
+            _ => {}
+        }
+    }
+    let slot = find_slot(&mut key)?;
     if let Some(active) = ACTIVE.get_ptr_mut(slot) {
         // SAFETY: a valid map value. Always stored, never read first: on a weakly ordered CPU
         // a read could still see the mark the agent has just taken (before this miss saw the
@@ -186,13 +307,14 @@ fn is_skipped(config: &Config) -> bool {
     rc == 0 && ns.tgid == config.skip_tgid
 }
 
-/// Which slot counts the current task's cgroup; takes a free one for a new cgroup.
+/// Which slot counts `key` in the current task's cgroup; takes a free one for a new key.
 #[inline(always)]
-fn find_slot() -> Result<u32, Stat> {
+fn find_slot(key: &mut SlotKey) -> Result<u32, Stat> {
     // SAFETY: helper without arguments.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    key.cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let key = &*key;
     // SAFETY: the value is copied out at once.
-    if let Some(slot) = unsafe { CGROUP_SLOTS.get(&cgroup) } {
+    if let Some(slot) = unsafe { CGROUP_SLOTS.get(key) } {
         return Ok(*slot);
     }
     let slot = match FREE_SLOTS.pop() {
@@ -204,7 +326,7 @@ fn find_slot() -> Result<u32, Stat> {
         Err(_) => return Err(Stat(STAT_MAP_ERROR)),
     };
     if CGROUP_SLOTS
-        .insert(&cgroup, &slot, u64::from(BPF_NOEXIST))
+        .insert(key, &slot, u64::from(BPF_NOEXIST))
         .is_ok()
     {
         count_stat(STAT_SLOT_ALLOCATED);
@@ -216,7 +338,7 @@ fn find_slot() -> Result<u32, Stat> {
         count_stat(STAT_MAP_ERROR);
     }
     // SAFETY: the value is copied out at once.
-    match unsafe { CGROUP_SLOTS.get(&cgroup) } {
+    match unsafe { CGROUP_SLOTS.get(key) } {
         Some(slot) => Ok(*slot),
         None => Err(Stat(STAT_MAP_ERROR)),
     }
@@ -229,19 +351,147 @@ pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
 }
 
 /// `cgroup_attach_task(struct cgroup *dst, const char *path, struct task_struct *task, bool)`:
-/// a task changed cgroup, so cached slots may be wrong.
+/// a task changed cgroup, so cached slots may be wrong. A process moved into a cgroup v2 is
+/// in set-up (see `lib.rs`); an exec when the cgroup already counted calls of its own.
 #[raw_tracepoint(tracepoint = "cgroup_attach_task")]
-pub fn cgroup_attach_task(_ctx: RawTracePointContext) -> i32 {
+pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
+    let dst: *const u8 = ctx.arg(0);
+    let task: *const u8 = ctx.arg(2);
+    if let Some(cgroup) = cgroup2_id(dst)
+        && let Some(tgid) = task_tgid(task)
+    {
+        let own = |kind| {
+            let key = SlotKey {
+                cgroup,
+                session: 0,
+                kind,
+                _pad: 0,
+            };
+            // SAFETY: only the presence is read.
+            unsafe { CGROUP_SLOTS.get(&key) }.is_some()
+        };
+        let state = TaskState {
+            phase: PHASE_SETUP,
+            exec: u32::from(own(0) || own(KIND_COMPAT)),
+            session: 0,
+        };
+        if TASK_STATES.insert(&tgid, &state, 0).is_err() {
+            count_stat(STAT_MAP_ERROR);
+        }
+    }
     bump_generation();
     0
 }
 
+/// The tgid of `task`, if the agent found where it is.
+#[inline(always)]
+fn task_tgid(task: *const u8) -> Option<u32> {
+    let layout = CONFIG.get(0)?.task_layout;
+    if layout.known == 0 {
+        return None;
+    }
+    // SAFETY: a probe read at an offset from the kernel's BTF; a bad address fails the read.
+    let tgid: i32 =
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(layout.task_tgid as usize).cast()) }
+            .ok()?;
+    Some(tgid as u32)
+}
+
 /// `sched_process_exit(struct task_struct *p, ...)`: the task's kernel stack, whose `pt_regs`
-/// address keys the cache, may soon belong to a new task in another cgroup.
+/// address keys the cache, may soon belong to a new task in another cgroup. The process's
+/// phase goes with its leader.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     bump_generation();
+    let id = bpf_get_current_pid_tgid();
+    if id >> 32 == id & 0xffff_ffff {
+        let _ = TASK_STATES.remove(&((id >> 32) as u32));
+    }
     0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`: a new process
+/// (not a thread) inherits its parent's phase and session.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(state) = (unsafe { TASK_STATES.get(&parent) }).copied() else {
+        return 0;
+    };
+    let child: *const u8 = ctx.arg(1);
+    if let Some(tgid) = task_tgid(child)
+        && tgid != parent
+        && TASK_STATES.insert(&tgid, &state, 0).is_err()
+    {
+        count_stat(STAT_MAP_ERROR);
+    }
+    0
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`: the
+/// current process runs a new program. For a process in set-up that is the container's
+/// program (its phase ends) or an exec session's (keyed by its argv).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(state) = TASK_STATES.get_ptr_mut(&tgid) else {
+        return 0;
+    };
+    // SAFETY: a map value of the current process, whose threads are gone after an exec.
+    unsafe {
+        match ((*state).phase, (*state).exec) {
+            (PHASE_SESSION, _) => return 0,
+            (_, 0) => {
+                let _ = TASK_STATES.remove(&tgid);
+            }
+            _ => {
+                (*state).session = exec_session().unwrap_or(1);
+                (*state).phase = PHASE_SESSION;
+            }
+        }
+    }
+    bump_generation();
+    0
+}
+
+/// Reads the current program's argv, keeps it in [`EXEC_COMMANDS`] and returns its hash.
+#[inline(always)]
+fn exec_session() -> Option<u64> {
+    let layout = CONFIG.get(0)?.task_layout;
+    let command = EXEC_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: probe reads at offsets from the kernel's BTF (a bad address fails the read);
+    // `command` is this CPU's scratch value, which nothing else uses while the program runs.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: *const u8 =
+            bpf_probe_read_kernel(task.wrapping_add(layout.task_mm as usize).cast()).ok()?;
+        let start: u64 =
+            bpf_probe_read_kernel(mm.wrapping_add(layout.mm_arg_start as usize).cast()).ok()?;
+        let end: u64 =
+            bpf_probe_read_kernel(mm.wrapping_add(layout.mm_arg_end as usize).cast()).ok()?;
+        let len = end.saturating_sub(start).min(EXEC_ARGV_MAX as u64) as usize;
+        let argv = &mut (*command).argv;
+        if len == 0 || len > EXEC_ARGV_MAX {
+            return None;
+        }
+        bpf_probe_read_user_buf(start as *const u8, &mut argv[..len]).ok()?;
+        (*command).len = len as u32;
+        (*command)._pad = 0;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for i in 0..EXEC_ARGV_MAX {
+            if i >= len {
+                break;
+            }
+            hash ^= u64::from(argv[i]);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let session = if hash == 0 { 1 } else { hash };
+        if EXEC_COMMANDS.insert(&session, &*command, 0).is_err() {
+            count_stat(STAT_MAP_ERROR);
+        }
+        Some(session)
+    }
 }
 
 #[map]

@@ -563,7 +563,7 @@ impl Container {
         args: &[&str],
         seccomp: Option<&Value>,
     ) -> anyhow::Result<Self> {
-        let container = Self::prepare(cgroups_path, args, seccomp)?;
+        let container = Self::prepare(cgroups_path, args, seccomp, true)?;
         let status = container.runc_bundle(&["create"])?.status()?;
         anyhow::ensure!(
             status.success(),
@@ -576,14 +576,19 @@ impl Container {
     /// `runc run` in the foreground: the container is created, runs and is deleted (its
     /// cgroup removed) before this returns, as fast as runc can.
     pub fn run_and_delete(cgroups_path: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let container = Self::prepare(cgroups_path, args, None)?;
+        let container = Self::prepare(cgroups_path, args, None, true)?;
         let status = container.runc_bundle(&["run"])?.status()?;
         anyhow::ensure!(status.success(), "runc run failed: {}", container.stderr());
         Ok(container)
     }
 
     /// The bundle (config.json over the shared rootfs) and a fresh id; nothing runs yet.
-    fn prepare(cgroups_path: &str, args: &[&str], seccomp: Option<&Value>) -> anyhow::Result<Self> {
+    fn prepare(
+        cgroups_path: &str,
+        args: &[&str],
+        seccomp: Option<&Value>,
+        no_new_privileges: bool,
+    ) -> anyhow::Result<Self> {
         let rootfs = busybox_rootfs()?;
         let bundle = tempfile::tempdir()?;
         let runc_root = env::temp_dir().join("recorder-tests-runc");
@@ -601,6 +606,7 @@ impl Container {
         config["process"]["terminal"] = Value::Bool(false);
         config["process"]["args"] = serde_json::json!(args);
         config["process"]["cwd"] = Value::String("/".into());
+        config["process"]["noNewPrivileges"] = Value::Bool(no_new_privileges);
         config["linux"]["cgroupsPath"] = Value::String(cgroups_path.into());
         if let Some(namespaces) = config["linux"]["namespaces"].as_array_mut() {
             namespaces.retain(|ns| ns["type"] != "network");
@@ -646,6 +652,28 @@ impl Container {
             .stdout(stdout)
             .stderr(stderr);
         Ok(command)
+    }
+
+    /// `runc exec ID ARGS...` into the running container, stdio to files in the bundle
+    /// (`exec-stdout`, `exec-stderr`); returns the command's exit code.
+    pub fn exec(&self, args: &[&str]) -> anyhow::Result<i32> {
+        let stdout = fs::File::create(self.bundle.path().join("exec-stdout"))?;
+        let stderr = fs::File::create(self.bundle.path().join("exec-stderr"))?;
+        let status = self
+            .runc()
+            .arg("exec")
+            .arg(&self.id)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()?;
+        Ok(status.code().unwrap_or(-1))
+    }
+
+    /// What the last [`Container::exec`] printed.
+    pub fn exec_stdout(&self) -> String {
+        fs::read_to_string(self.bundle.path().join("exec-stdout")).unwrap_or_default()
     }
 
     /// The container's cgroup v2 directory.
@@ -739,7 +767,19 @@ impl Container {
         args: &[&str],
         seccomp: Option<&Value>,
     ) -> anyhow::Result<Finished> {
-        let mut container = Self::prepare(cgroups_path, args, seccomp)?;
+        Self::run_foreground_nnp(cgroups_path, id, args, seccomp, true)
+    }
+
+    /// [`Container::run_foreground`] with `process.noNewPrivileges` as given (runc applies the
+    /// seccomp filter just before the exec with it, before dropping privileges without it).
+    pub fn run_foreground_nnp(
+        cgroups_path: &str,
+        id: &str,
+        args: &[&str],
+        seccomp: Option<&Value>,
+        no_new_privileges: bool,
+    ) -> anyhow::Result<Finished> {
+        let mut container = Self::prepare(cgroups_path, args, seccomp, no_new_privileges)?;
         container.id = id.to_owned();
         let mut child = container.runc_bundle(&["run", "--keep"])?.spawn()?;
         let status = poll("runc run to finish", Duration::from_secs(30), || {

@@ -186,8 +186,7 @@ fn learned_profiles_run_the_same_workloads_under_runc() {
         assert_eq!(oci["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(oci["defaultErrnoRet"], 1);
         let names = allowed(&oci);
-        // runc init's own mkdirat is in every profile (runtime init is learned too), so the
-        // denied call is the `mkdir` syscall where it exists (x86_64), else ftruncate.
+        // The denied call is the `mkdir` syscall where it exists (x86_64), else ftruncate.
         let (denied_syscall, denied_script) = if cfg!(target_arch = "x86_64") {
             ("mkdir", "mkdir /tmp/denied")
         } else {

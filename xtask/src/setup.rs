@@ -28,6 +28,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "metrics tests scrape the agent with a real Prometheus",
     ),
+    (
+        "gcc-multilib",
+        "the least-privilege tests build a real i386 binary",
+    ),
 ];
 /// PyPI packages the tests use: (package, command it provides).
 const PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate")];

@@ -39,6 +39,7 @@ pub fn probe(args: &BenchProbeArgs) -> anyhow::Result<ExitCode> {
             capacity: args.max_cgroups,
             skip: SkipTask::this_process()?,
             bpffs: None,
+            cut_runtime: true,
         })?,
     };
     hold()?;
@@ -155,11 +156,12 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
             capacity: n + 256,
             skip: SkipTask::this_process()?,
             bpffs: None,
+            cut_runtime: true,
         })?;
         let cgroups = BenchCgroups::create(&root, n)?;
         let mut collector = Collector::new(recorder, Resolver::new(root.clone()), arch);
         let store = SharedProfiles::new();
-        let identify = |_id: u64, path: Option<&str>| Identity::standalone(path);
+        let identify = |_id: u64, path: Option<&str>, _: Option<&[u8]>| Identity::standalone(path);
         // What the agent's loop does each round: collect, then fold under the store's lock.
         let mut round = || {
             let stats = collector.collect(&identify);

@@ -93,12 +93,26 @@ impl CollectionLoop {
             self.collector.resolver().insert(id, path);
         }
         let round = match &self.attribution {
-            Some(attribution) => self
-                .collector
-                .collect(&|id: u64, path: Option<&str>| attribution.identify(id, path)),
-            None => self
-                .collector
-                .collect(&|_: u64, path: Option<&str>| Identity::standalone(path)),
+            Some(attribution) => {
+                self.collector
+                    .collect(&|id: u64, path: Option<&str>, session: Option<&[u8]>| {
+                        let own = attribution.identify(id, path);
+                        match session {
+                            Some(argv) => attribution.exec_identity(id, own, argv),
+                            None => own,
+                        }
+                    })
+            }
+            None => {
+                self.collector
+                    .collect(&|_: u64, path: Option<&str>, session: Option<&[u8]>| {
+                        let own = Identity::standalone(path);
+                        match session {
+                            Some(_) => own.exec_session(),
+                            None => own,
+                        }
+                    })
+            }
         };
         // The round's one write to the store: what it read (also if it failed part-way), the
         // renames it made possible, and the baselines that became due.
@@ -167,6 +181,7 @@ impl CollectionLoop {
             status.cgroups = stats.cgroups;
             status.unresolved_cgroups = stats.unresolved;
             status.lost_calls = self.collector.lost_total();
+            status.runtime_calls = self.collector.runtime_total();
             status.slot_exhausted = kernel.slot_exhausted;
             status.kernel_map_errors = kernel.map_errors;
             status.pinned_counters_reused = counters.continuity().reused_maps;

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use recorder_ebpf::KIND_COMPAT;
 
 use crate::{
     attribution::cgroup,
@@ -20,7 +21,7 @@ use crate::{
     export::seccomp,
     kernel::{LoadOptions, Recorder, SkipTask},
     profile::state::write_atomic,
-    profile::syscalls::Arch,
+    profile::syscalls::{Arch, COMPAT_BASE},
     profile::{Identity, Profile, WorkloadKind},
     report::Report,
 };
@@ -120,15 +121,16 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     cgroup::check_cgroup2_dir(&root)?;
     crate::kernel::check_privileges()?;
 
-    let mut recorder = Recorder::load_and_attach(LoadOptions {
+    let recorder = Recorder::load_and_attach(LoadOptions {
         capacity: 256,
         skip: SkipTask::this_process()?,
         bpffs: None,
+        cut_runtime: true,
     })?;
     let run_cgroup = RunCgroup::create(&root)?;
     let cgroup_id = cgroup::cgroup_id(&run_cgroup.dir).context("reading the cgroup id")?;
-    // Registered before the command exists: its slot cannot be taken by another cgroup.
-    let slot = recorder.reserve(cgroup_id)?;
+    // Not registered ahead: the kernel gives the cgroup its slots at its first call, and a
+    // slot registered before the command would make the command an exec session into it.
 
     let procs_path = CString::new(
         run_cgroup
@@ -193,12 +195,37 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
     let killed = run_cgroup.drain();
 
-    let totals = recorder.read_slot(slot)?;
     let mut profile = Profile::new(
         Identity::with_kind("", WorkloadKind::Command, &display, ""),
         start_time,
     );
-    profile.add_counts(arch, &totals[..], SystemTime::now());
+    // Its own calls and its compat calls (numbered from the compat table); the set-up between
+    // joining the cgroup and the exec is the recorder's, in no slot of the cgroup.
+    for (key, slot) in recorder.slots()? {
+        if key.cgroup != cgroup_id {
+            continue;
+        }
+        let totals = recorder.read_slot(slot)?;
+        let base = if key.kind & KIND_COMPAT != 0 {
+            COMPAT_BASE
+        } else {
+            0
+        };
+        let sparse: Vec<(u16, u64)> = totals
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count != 0)
+            .map(|(nr, count)| ((base + nr) as u16, *count))
+            .collect();
+        profile.add_sparse(arch, &sparse, SystemTime::now());
+    }
+    // The exec that starts the program is made by the set-up, but a runtime makes it under the
+    // container's filter, so a profile for a container must allow it.
+    if status.is_some()
+        && let Some(nr) = arch.syscall_number("execve")
+    {
+        profile.add_sparse(arch, &[(nr as u16, 1)], SystemTime::now());
+    }
     drop(run_cgroup);
     drop(recorder);
 

@@ -18,7 +18,7 @@ use crate::{
         kubernetes,
     },
     collection::Collector,
-    config::{HttpAuth, KubernetesMode, MountBpffsArgs, RunArgs, UnpinArgs},
+    config::{HttpAuth, KubernetesMode, MountBpffsArgs, RunArgs, RuntimePhase, UnpinArgs},
     export::{
         delivery::{self, Delivery},
         publish::{
@@ -242,6 +242,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         capacity: args.max_cgroups,
         skip: SkipTask::this_process()?,
         bpffs: (!args.no_pin).then(|| args.bpffs.clone()),
+        cut_runtime: args.runtime_phase == RuntimePhase::Exclude,
     })?;
     info!(
         listen = %args.listen,

@@ -40,6 +40,12 @@ impl Identity {
         }
     }
 
+    /// The identity of an exec session into this identity's container: `exec:<container>`.
+    pub fn exec_session(mut self) -> Self {
+        self.container = format!("{}{}", kubernetes::EXEC_PREFIX, self.container);
+        self
+    }
+
     /// The standalone rule for a cgroup (its path if resolved): what identifies a cgroup when
     /// no Kubernetes attribution runs.
     pub fn standalone(path: Option<&str>) -> Self {

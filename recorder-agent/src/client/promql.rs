@@ -25,7 +25,7 @@ use crate::{
     config::ExportArgs,
     export::Format,
     export::seccomp,
-    profile::syscalls::Arch,
+    profile::syscalls::{Arch, unqualified},
     profile::{Identity, Profile},
     serve::api::parse_identity_path,
     serve::metrics::names,
@@ -369,8 +369,13 @@ pub fn oci_profile(cluster: &ClusterProfile, host: Arch) -> seccomp::OciSeccomp 
     let primary = cluster.arches.first().copied().unwrap_or(host);
     let mut oci =
         seccomp::oci_allow_list(cluster.profile.syscalls.keys().map(String::as_str), primary);
+    let compat = cluster
+        .profile
+        .syscalls
+        .keys()
+        .any(|name| unqualified(name).1);
     for other in cluster.arches.iter().skip(1) {
-        for name in other.seccomp_architectures() {
+        for name in other.seccomp_architectures(compat) {
             if !oci.architectures.iter().any(|a| a == name) {
                 oci.architectures.push((*name).to_owned());
             }

@@ -1,7 +1,7 @@
 //! What a collection round needs from the kernel counters, as a trait: the attached
 //! [`Recorder`] implements it, and a round can be unit-tested against an in-memory fake.
 
-use recorder_ebpf::SYSCALL_COLUMNS;
+use recorder_ebpf::{SYSCALL_COLUMNS, SlotKey};
 
 use crate::kernel::{BpfError, Continuity, Recorder, Totals};
 
@@ -18,8 +18,8 @@ pub trait SlotCounters {
     /// [`release`](Self::release)).
     fn slots_allocated(&self) -> Result<u64, BpfError>;
 
-    /// The (cgroup id, slot) pairs handed out.
-    fn slots(&self) -> Result<Vec<(u64, u32)>, BpfError>;
+    /// The (key, slot) pairs handed out.
+    fn slots(&self) -> Result<Vec<(SlotKey, u32)>, BpfError>;
 
     /// Whether `slot` counted after a cache miss since the last call; clears the mark.
     fn take_active(&self, slot: u32) -> Result<bool, BpfError>;
@@ -36,7 +36,10 @@ pub trait SlotCounters {
 
     /// Gives the slot of a removed cgroup back (unregistered, zeroed, free again) and returns
     /// its final totals.
-    fn release(&mut self, cgroup: u64, slot: u32) -> Result<Totals, BpfError>;
+    fn release(&mut self, key: SlotKey, slot: u32) -> Result<Totals, BpfError>;
+
+    /// The command line (argv strings, NUL-separated) of exec session `session`, if kept.
+    fn exec_command(&self, session: u64) -> Option<Vec<u8>>;
 
     /// How the counters relate to the previous agent run: a saved snapshot applies only to
     /// reused counters of the same map.
@@ -54,7 +57,7 @@ impl SlotCounters for Recorder {
         Recorder::slots_allocated(self)
     }
 
-    fn slots(&self) -> Result<Vec<(u64, u32)>, BpfError> {
+    fn slots(&self) -> Result<Vec<(SlotKey, u32)>, BpfError> {
         Recorder::slots(self)
     }
 
@@ -74,8 +77,12 @@ impl SlotCounters for Recorder {
         Recorder::read_slot_into(self, slot, totals)
     }
 
-    fn release(&mut self, cgroup: u64, slot: u32) -> Result<Totals, BpfError> {
-        Recorder::release(self, cgroup, slot)
+    fn release(&mut self, key: SlotKey, slot: u32) -> Result<Totals, BpfError> {
+        Recorder::release(self, key, slot)
+    }
+
+    fn exec_command(&self, session: u64) -> Option<Vec<u8>> {
+        Recorder::exec_command(self, session)
     }
 
     fn continuity(&self) -> Continuity {

@@ -7,7 +7,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
 };
 
-use recorder_ebpf::{FIRST_CGROUP_SLOT, OVERFLOW_SLOT, SYSCALL_COLUMNS};
+use recorder_ebpf::{FIRST_CGROUP_SLOT, OVERFLOW_SLOT, SYSCALL_COLUMNS, SlotKey};
 
 use super::SlotCounters;
 use crate::kernel::{BpfError, Continuity, Totals};
@@ -49,10 +49,10 @@ fn injected(slot: u32) -> BpfError {
 impl FakeCounters {
     /// Counters for `capacity` cgroups, all slots free, not reused from a previous agent.
     pub(super) fn new(capacity: u32) -> Self {
-        let slots = capacity as usize + 1;
+        let slots = (capacity + FIRST_CGROUP_SLOT) as usize;
         Self {
             table: Vec::new(),
-            free: (FIRST_CGROUP_SLOT..=capacity).collect(),
+            free: (FIRST_CGROUP_SLOT..FIRST_CGROUP_SLOT + capacity).collect(),
             counts: vec![Box::new([0; SYSCALL_COLUMNS]); slots],
             marks: vec![Cell::new(false); slots],
             cached: HashMap::new(),
@@ -158,8 +158,18 @@ impl SlotCounters for FakeCounters {
         Ok(self.allocated)
     }
 
-    fn slots(&self) -> Result<Vec<(u64, u32)>, BpfError> {
-        Ok(self.table.clone())
+    fn slots(&self) -> Result<Vec<(SlotKey, u32)>, BpfError> {
+        Ok(self
+            .table
+            .iter()
+            .map(|&(cgroup, slot)| {
+                let key = SlotKey {
+                    cgroup,
+                    ..SlotKey::default()
+                };
+                (key, slot)
+            })
+            .collect())
     }
 
     fn take_active(&self, slot: u32) -> Result<bool, BpfError> {
@@ -185,7 +195,8 @@ impl SlotCounters for FakeCounters {
         Ok(())
     }
 
-    fn release(&mut self, cgroup: u64, slot: u32) -> Result<Totals, BpfError> {
+    fn release(&mut self, key: SlotKey, slot: u32) -> Result<Totals, BpfError> {
+        let cgroup = key.cgroup;
         let index = self.check(slot)?;
         match &mut self.releases_before_failure {
             Some(0) => {
@@ -216,5 +227,9 @@ impl SlotCounters for FakeCounters {
 
     fn cgroup_path(&self, cgroup: u64) -> Option<String> {
         self.paths.get(&cgroup).cloned()
+    }
+
+    fn exec_command(&self, _session: u64) -> Option<Vec<u8>> {
+        None
     }
 }

@@ -1,7 +1,9 @@
 //! One collection round: read the counters of every slot that counted since the last round
 //! (and of all slots in a periodic sweep), turn them into deltas since the last read,
-//! attribute each cgroup to an identity, and give the slots of removed cgroups back to the
-//! kernel. The deltas wait in the collector until [`Collector::fold_into`] adds them to the
+//! attribute each slot to an identity (its cgroup's, or an exec session's), and give the slots
+//! of removed cgroups back to the kernel. Compat slots' numbers are moved to the compat half
+//! of the number space ([`COMPAT_BASE`]) before they are folded; the runtime slot's calls are
+//! totalled, never folded into a profile. The deltas wait in the collector until [`Collector::fold_into`] adds them to the
 //! profile store: the caller holds the store's lock for that, and only for that, so the
 //! kernel reads and cgroup lookups of a round never block the readers of the store.
 
@@ -10,12 +12,14 @@ use std::{
     time::SystemTime,
 };
 
-use recorder_ebpf::{OVERFLOW_SLOT, SYSCALL_COLUMNS};
+use recorder_ebpf::{
+    KIND_COMPAT, KIND_EXEC, OVERFLOW_SLOT, RUNTIME_SLOT, SYSCALL_COLUMNS, SlotKey,
+};
 
 use crate::{
     attribution::cgroup::Resolver,
     kernel::{BpfError, Recorder, Totals},
-    profile::syscalls::Arch,
+    profile::syscalls::{Arch, COMPAT_BASE},
     profile::{
         Identity, ProfileStore,
         state::{KernelSnapshot, SavedSlot},
@@ -41,6 +45,8 @@ pub struct RoundStats {
     pub released: usize,
     /// Calls lost because no slot was free (since the previous round).
     pub lost_calls: u64,
+    /// Calls of container runtimes' set-up (since the previous round).
+    pub runtime_calls: u64,
     /// Slots whose counters were read (marked active, new, or in a full sweep).
     pub read: usize,
 }
@@ -52,7 +58,7 @@ type Sparse = Vec<(u16, u64)>;
 
 #[derive(Debug)]
 struct SlotState {
-    cgroup: u64,
+    key: SlotKey,
     totals: Sparse,
     identity: Option<Identity>,
     /// Consecutive rounds without a call.
@@ -66,6 +72,20 @@ const IDLE_RECHECK_ROUNDS: u32 = 8;
 /// were in flight when the caches were invalidated (and so left no mark) are folded, for a
 /// task that makes no further call.
 const SWEEP_ROUNDS: u32 = 60;
+
+/// Names a slot's workload: cgroup id, its path if resolved, and for an exec session's slot
+/// the session's command line (argv strings, NUL-separated; empty if the kernel dropped it).
+pub type Identify<'a> = dyn Fn(u64, Option<&str>, Option<&[u8]>) -> Identity + 'a;
+
+/// A slot's deltas in the shared number space: a compat slot's columns are compat numbers.
+fn numbered(key: SlotKey, mut delta: Sparse) -> Sparse {
+    if key.kind & KIND_COMPAT != 0 {
+        for (nr, _) in &mut delta {
+            *nr += COMPAT_BASE as u16;
+        }
+    }
+    delta
+}
 
 /// A saved sparse map as slot state: only columns that exist, only non-zero counts.
 fn from_saved(saved: &BTreeMap<u16, u64>) -> Sparse {
@@ -86,13 +106,15 @@ pub struct Collector<C = Recorder> {
     last: HashMap<u32, SlotState>,
     overflow_last: Sparse,
     lost_total: u64,
+    runtime_last: Sparse,
+    runtime_total: u64,
     /// Removed cgroups whose final counts are folded but not yet saved: their slots are given
     /// back only after the next state save, so a crash cannot lose those counts.
     /// Slot → cgroup: looked up for every slot of every round.
-    pending_release: HashMap<u32, u64>,
+    pending_release: HashMap<u32, SlotKey>,
     /// The slot table as last read, with the kernel's allocation count at that time: iterating
     /// the hash map costs two syscalls per cgroup, so it is re-read only when that count moved.
-    slot_table: Option<(u64, Vec<(u64, u32)>)>,
+    slot_table: Option<(u64, Vec<(SlotKey, u32)>)>,
     /// Where a slot's counters are read and summed; reused so it stays in cache.
     read_buffer: Totals,
     /// Rounds until the next full sweep; 0 means this round sweeps (so does the first).
@@ -148,6 +170,8 @@ impl<C: SlotCounters> Collector<C> {
             last: HashMap::new(),
             overflow_last: Vec::new(),
             lost_total: 0,
+            runtime_last: Vec::new(),
+            runtime_total: 0,
             pending_release: HashMap::new(),
             slot_table: None,
             read_buffer: Box::new([0; SYSCALL_COLUMNS]),
@@ -159,7 +183,7 @@ impl<C: SlotCounters> Collector<C> {
 
     /// The (cgroup, slot) pairs with the allocation count they were read at, taken out of the
     /// cache when no slot was handed out since (the round puts them back).
-    fn take_slot_table(&mut self) -> Result<(u64, Vec<(u64, u32)>), BpfError> {
+    fn take_slot_table(&mut self) -> Result<(u64, Vec<(SlotKey, u32)>), BpfError> {
         let allocated = self.counters.slots_allocated()?;
         match self.slot_table.take() {
             Some((seen, table)) if seen == allocated => Ok((seen, table)),
@@ -174,7 +198,9 @@ impl<C: SlotCounters> Collector<C> {
             .iter()
             .map(|(&slot, state)| SavedSlot {
                 slot,
-                cgroup: state.cgroup,
+                cgroup: state.key.cgroup,
+                kind: state.key.kind,
+                session: state.key.session,
                 identity: state.identity.clone(),
                 totals: state.totals.iter().copied().collect(),
             })
@@ -198,7 +224,12 @@ impl<C: SlotCounters> Collector<C> {
             self.last.insert(
                 saved.slot,
                 SlotState {
-                    cgroup: saved.cgroup,
+                    key: SlotKey {
+                        cgroup: saved.cgroup,
+                        session: saved.session,
+                        kind: saved.kind,
+                        _pad: 0,
+                    },
                     totals: from_saved(&saved.totals),
                     identity: saved.identity.clone(),
                     idle_rounds: 0,
@@ -224,12 +255,12 @@ impl<C: SlotCounters> Collector<C> {
     /// (none, for a removed cgroup) are kept for folding too.
     pub fn release_pending(&mut self) -> Result<usize, BpfError> {
         self.detach_unfolded();
-        let mut pending: Vec<(u32, u64)> = self.pending_release.drain().collect();
+        let mut pending: Vec<(u32, SlotKey)> = self.pending_release.drain().collect();
         self.slot_table = None;
         let mut released = 0;
         let mut failure = None;
-        for &(slot, cgroup) in &pending {
-            let last = match self.counters.release(cgroup, slot) {
+        for &(slot, key) in &pending {
+            let last = match self.counters.release(key, slot) {
                 Ok(last) => last,
                 Err(err) => {
                     failure = Some(err);
@@ -243,10 +274,12 @@ impl<C: SlotCounters> Collector<C> {
                 if let Some(identity) = state.identity
                     && !delta.is_empty()
                 {
-                    self.detached_deltas.push((identity, delta));
+                    self.detached_deltas.push((identity, numbered(key, delta)));
                 }
             }
-            self.resolver.forget(cgroup);
+            if key.kind == 0 {
+                self.resolver.forget(key.cgroup);
+            }
         }
         // What was released is kept for folding even when a later release failed; the rest
         // waits for the next save.
@@ -310,12 +343,15 @@ impl<C: SlotCounters> Collector<C> {
         self.lost_total
     }
 
-    /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved). The
-    /// deltas it read, also when it fails part-way, wait for [`fold_into`](Self::fold_into).
-    pub fn collect(
-        &mut self,
-        identify: &dyn Fn(u64, Option<&str>) -> Identity,
-    ) -> Result<RoundStats, BpfError> {
+    /// Calls of container runtimes' set-up since start (in no profile).
+    pub fn runtime_total(&self) -> u64 {
+        self.runtime_total
+    }
+
+    /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved, and
+    /// for an exec session's slot its command line). The deltas it read, also when it fails
+    /// part-way, wait for [`fold_into`](Self::fold_into).
+    pub fn collect(&mut self, identify: &Identify<'_>) -> Result<RoundStats, BpfError> {
         let result = self.round(identify);
         if result.is_err() {
             // Marks taken by a round that did not finish are gone: the next round reads all.
@@ -324,10 +360,7 @@ impl<C: SlotCounters> Collector<C> {
         result
     }
 
-    fn round(
-        &mut self,
-        identify: &dyn Fn(u64, Option<&str>) -> Identity,
-    ) -> Result<RoundStats, BpfError> {
+    fn round(&mut self, identify: &Identify<'_>) -> Result<RoundStats, BpfError> {
         self.detach_unfolded();
         self.resolver.begin_round();
         let (allocated, slots) = self.take_slot_table()?;
@@ -350,15 +383,18 @@ impl<C: SlotCounters> Collector<C> {
             .collect::<Result<Vec<bool>, _>>()?;
         self.counters.invalidate_caches()?;
         let mut failure = None;
-        for (&(cgroup, slot), marked) in slots.iter().zip(marks) {
+        for (&(key, slot), marked) in slots.iter().zip(marks) {
+            let cgroup = key.cgroup;
+            // An exec session's command: looked up only when the slot is (re)identified.
+            let session = || {
+                (key.kind & KIND_EXEC != 0)
+                    .then(|| self.counters.exec_command(key.session).unwrap_or_default())
+            };
             if self.pending_release.contains_key(&slot) {
                 continue;
             }
             // A slot new to us (or to its cgroup) is read whatever its mark says.
-            let known = self
-                .last
-                .get(&slot)
-                .is_some_and(|state| state.cgroup == cgroup);
+            let known = self.last.get(&slot).is_some_and(|state| state.key == key);
             let read = marked || sweep || !known;
             // The fallible read first, and a failure skips only this slot: its state stays as
             // it was (a slot without state would count all its totals again), and what the
@@ -370,10 +406,7 @@ impl<C: SlotCounters> Collector<C> {
                 }
                 stats.read += 1;
             }
-            let previous = self
-                .last
-                .remove(&slot)
-                .filter(|state| state.cgroup == cgroup);
+            let previous = self.last.remove(&slot).filter(|state| state.key == key);
             let (before, known, idle_before) = match previous {
                 Some(state) => (state.totals, state.identity, Some(state.idle_rounds)),
                 None => (Vec::new(), None, None),
@@ -402,24 +435,24 @@ impl<C: SlotCounters> Collector<C> {
             let identity = match known {
                 Some(known) if !recheck => known,
                 known => match self.resolver.resolve(cgroup) {
-                    Some(path) => identify(cgroup, Some(path)),
+                    Some(path) => identify(cgroup, Some(path), session().as_deref()),
                     // A cgroup whose directory is gone keeps the identity it had (e.g. after a
                     // restart, from the saved state) instead of becoming "unresolved".
                     None if known.is_some() => {
                         stats.unresolved += 1;
-                        known.unwrap_or_else(|| identify(cgroup, None))
+                        known.unwrap_or_else(|| identify(cgroup, None, session().as_deref()))
                     }
                     // Gone before this agent found it (created and removed while no agent
                     // ran, or before a killed agent saved it): the kernel kept its path.
                     None => match self.counters.cgroup_path(cgroup) {
                         Some(path) => {
-                            let identity = identify(cgroup, Some(&path));
+                            let identity = identify(cgroup, Some(&path), session().as_deref());
                             self.resolver.insert(cgroup, path);
                             identity
                         }
                         None => {
                             stats.unresolved += 1;
-                            identify(cgroup, None)
+                            identify(cgroup, None, session().as_deref())
                         }
                     },
                 },
@@ -427,16 +460,16 @@ impl<C: SlotCounters> Collector<C> {
             // A removed cgroup has no tasks left: release reads its counters a last time and
             // folds what came after this round's read.
             if recheck_removal && self.resolver.is_removed(cgroup) {
-                self.pending_release.insert(slot, cgroup);
+                self.pending_release.insert(slot, key);
                 stats.released += 1;
             }
             if !idle {
-                self.round_deltas.push((slot, delta));
+                self.round_deltas.push((slot, numbered(key, delta)));
             }
             self.last.insert(
                 slot,
                 SlotState {
-                    cgroup,
+                    key,
                     totals,
                     identity: Some(identity),
                     idle_rounds,
@@ -444,6 +477,26 @@ impl<C: SlotCounters> Collector<C> {
             );
         }
         self.slot_table = Some((allocated, slots));
+        match self
+            .counters
+            .read_slot_into(RUNTIME_SLOT, &mut self.read_buffer)
+        {
+            Ok(()) => {
+                let (mut calls, mut totals) = (Vec::new(), Vec::new());
+                sparse_deltas(
+                    &self.read_buffer,
+                    &self.runtime_last,
+                    &mut calls,
+                    &mut totals,
+                );
+                stats.runtime_calls = calls.iter().map(|(_, calls)| calls).sum();
+                self.runtime_total = self.runtime_total.saturating_add(stats.runtime_calls);
+                self.runtime_last = totals;
+            }
+            Err(err) => {
+                failure.get_or_insert(err);
+            }
+        }
         match self
             .counters
             .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)

@@ -17,7 +17,7 @@ fn identity(name: &str) -> Identity {
     Identity::new("", "Cgroup", name, "")
 }
 
-fn identify(_cgroup: u64, path: Option<&str>) -> Identity {
+fn identify(_cgroup: u64, path: Option<&str>, _session: Option<&[u8]>) -> Identity {
     path.map_or_else(Identity::unresolved, identity)
 }
 
@@ -457,6 +457,8 @@ fn snapshot_round_trips() {
             slots: vec![SavedSlot {
                 slot: recorder_ebpf::FIRST_CGROUP_SLOT,
                 cgroup: a,
+                kind: 0,
+                session: 0,
                 identity: Some(identity("a")),
                 totals: BTreeMap::from([(READ, 5), (WRITE, 2)]),
             }],

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     export::Format,
-    profile::{Profile, syscalls::Arch},
+    profile::{
+        Profile,
+        syscalls::{Arch, unqualified},
+    },
 };
 
 /// `SCMP_ACT_ERRNO` with EPERM, what a call outside the profile gets.
@@ -98,11 +101,21 @@ fn is_zero(value: &u64) -> bool {
 }
 
 /// The allow-list profile for a syscall set: default `SCMP_ACT_ERRNO` (EPERM), the node's
-/// architectures with their sub-architectures, one `SCMP_ACT_ALLOW` rule with the sorted
-/// names. When `clone3` was never called it gets ENOSYS instead of EPERM, so a libc that
-/// tries clone3 first falls back to clone instead of failing thread creation.
+/// architecture (and its compat ABI only when the set has compat calls), one `SCMP_ACT_ALLOW`
+/// rule with the sorted names. Compat names lose their qualifier: an OCI rule cannot name an
+/// ABI, so the rule's names apply to every listed architecture (libseccomp resolves each name
+/// in each ABI's own table). When `clone3` was never called it gets ENOSYS instead of EPERM,
+/// so a libc that tries clone3 first falls back to clone instead of failing thread creation.
 pub fn oci_allow_list<'a>(names: impl IntoIterator<Item = &'a str>, arch: Arch) -> OciSeccomp {
-    let names: BTreeSet<&str> = names.into_iter().collect();
+    let mut compat = false;
+    let names: BTreeSet<&str> = names
+        .into_iter()
+        .map(|name| {
+            let (bare, qualified) = unqualified(name);
+            compat |= qualified;
+            bare
+        })
+        .collect();
     let mut rules = Vec::new();
     if !names.is_empty() {
         rules.push(OciSyscallRule::allow(
@@ -121,7 +134,7 @@ pub fn oci_allow_list<'a>(names: impl IntoIterator<Item = &'a str>, arch: Arch) 
         default_action: DEFAULT_ACTION.to_owned(),
         default_errno_ret: Some(DEFAULT_ERRNO_RET),
         architectures: arch
-            .seccomp_architectures()
+            .seccomp_architectures(compat)
             .iter()
             .map(|name| (*name).to_owned())
             .collect(),
@@ -381,9 +394,7 @@ mod tests {
   "defaultAction": "SCMP_ACT_ERRNO",
   "defaultErrnoRet": 1,
   "architectures": [
-    "SCMP_ARCH_X86_64",
-    "SCMP_ARCH_X86",
-    "SCMP_ARCH_X32"
+    "SCMP_ARCH_X86_64"
   ],
   "syscalls": [
     {
@@ -415,12 +426,16 @@ mod tests {
     #[test]
     fn clone3_recorded_and_aarch64() {
         let profile = oci_allow_list(["clone3", "read"], Arch::Aarch64);
-        assert_eq!(
-            profile.architectures,
-            ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
-        );
+        assert_eq!(profile.architectures, ["SCMP_ARCH_AARCH64"]);
         assert_eq!(profile.syscalls.len(), 1);
         assert_eq!(profile.syscalls[0].names, ["clone3", "read"]);
+    }
+
+    #[test]
+    fn compat_names_add_their_architecture_and_lose_their_qualifier() {
+        let profile = oci_allow_list(["read", "x86:getuid32", "x86:read"], Arch::X86_64);
+        assert_eq!(profile.architectures, ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]);
+        assert_eq!(profile.syscalls[0].names, ["getuid32", "read"]);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Member offsets of kernel structs, read from the kernel's BTF (`/sys/kernel/btf/vmlinux`):
-//! the `cgroup_mkdir` program has no CO-RE, so the agent tells it where a `struct cgroup` keeps
-//! its id and hierarchy ([`CgroupLayout`]). A minimal reader of the BTF type section: only
+//! the programs have no CO-RE, so the agent tells them where a `struct cgroup` keeps its id and
+//! hierarchy ([`CgroupLayout`]) and where a task keeps its tgid and argv ([`TaskLayout`]), and
+//! checks the one offset compiled into the counter (the compat flag). A minimal reader of the BTF type section: only
 //! struct members and the types needed to check their sizes.
 
 use std::{fs, io, path::Path};
 
-use recorder_ebpf::CgroupLayout;
+use recorder_ebpf::{CgroupLayout, TaskLayout};
 
 /// Where the kernel exposes its BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -40,7 +41,66 @@ pub enum BtfError {
     /// A struct or member is missing, or not of the expected size.
     #[error("kernel BTF has no {0} of the expected size")]
     Missing(String),
+    /// The compat flag is not where the counter program reads it.
+    #[error(
+        "this kernel keeps the compat-syscall flag at byte {found} of struct task_struct; the program reads byte {expected} (an agent built for this kernel's layout is needed)"
+    )]
+    CompatFlag {
+        /// Where the kernel has it.
+        found: u32,
+        /// Where the program reads it.
+        expected: u32,
+    },
 }
+
+/// The offsets the task programs need, from this kernel's BTF.
+pub(super) fn task_layout() -> Result<TaskLayout, BtfError> {
+    let data = fs::read(Path::new(VMLINUX_BTF)).map_err(BtfError::Read)?;
+    task_layout_from(&data)
+}
+
+fn task_layout_from(data: &[u8]) -> Result<TaskLayout, BtfError> {
+    let btf = Btf::parse(data)?;
+    Ok(TaskLayout {
+        known: 1,
+        task_tgid: btf.member_offset("task_struct", "tgid", 4)?,
+        task_mm: btf.member_offset("task_struct", "mm", 8)?,
+        mm_arg_start: btf.member_offset("mm_struct", "arg_start", 8)?,
+        mm_arg_end: btf.member_offset("mm_struct", "arg_end", 8)?,
+        _pad: 0,
+    })
+}
+
+/// Checks that the compat flag the counter reads on every call is where this kernel keeps it
+/// (the verifier would also refuse a read that is not inside `thread_info`, with a less
+/// helpful message). Without BTF there is nothing to check against, and the load goes on.
+pub(super) fn check_compat_flag() -> Result<(), BtfError> {
+    let Ok(data) = fs::read(Path::new(VMLINUX_BTF)) else {
+        return Ok(());
+    };
+    compat_flag_from(&data, std::env::consts::ARCH)
+}
+
+fn compat_flag_from(data: &[u8], arch: &str) -> Result<(), BtfError> {
+    let (expected, member, size) = match arch {
+        "x86_64" => (recorder_ebpf::COMPAT_FLAG_OFFSET_X86_64, "status", 4),
+        "aarch64" => (recorder_ebpf::COMPAT_FLAG_OFFSET_AARCH64, "flags", 8),
+        _ => return Ok(()),
+    };
+    let btf = Btf::parse(data)?;
+    let info = btf
+        .member_offset("task_struct", "thread_info", THREAD_INFO_SIZE.0)
+        .or_else(|_| btf.member_offset("task_struct", "thread_info", THREAD_INFO_SIZE.1))?;
+    let found = info + btf.member_offset("thread_info", member, size)?;
+    if found == expected {
+        Ok(())
+    } else {
+        Err(BtfError::CompatFlag { found, expected })
+    }
+}
+
+/// `struct thread_info`'s size on x86_64 (flags, syscall_work, status, cpu) and aarch64.
+const THREAD_INFO_SIZE: (u32, u32) = (24, 32);
 
 /// The offsets the `cgroup_mkdir` program needs, from this kernel's BTF.
 pub(super) fn cgroup_layout() -> Result<CgroupLayout, BtfError> {
@@ -393,5 +453,33 @@ mod tests {
         let layout = cgroup_layout().expect("layout from the running kernel");
         assert_eq!(layout.known, 1);
         assert_ne!(layout.kernfs_node_id, 0);
+        let tasks = task_layout().expect("task layout from the running kernel");
+        assert!(tasks.task_tgid > 0 && tasks.mm_arg_end == tasks.mm_arg_start + 8);
+        check_compat_flag().expect("the compat flag where the program reads it");
+    }
+
+    #[test]
+    fn a_compat_flag_elsewhere_is_refused() {
+        let mut b = Builder::new();
+        let u32_ = b.int("unsigned int", 4);
+        let u64_ = b.int("long unsigned int", 8);
+        let info = b.aggregate(
+            KIND_STRUCT,
+            "thread_info",
+            24,
+            &[("flags", u64_, 0), ("status", u32_, 64), ("cpu", u32_, 96)],
+        );
+        b.aggregate(KIND_STRUCT, "task_struct", 64, &[("thread_info", info, 0)]);
+        let err = compat_flag_from(&b.build(), "x86_64").expect_err("status at 8");
+        assert!(
+            matches!(
+                err,
+                BtfError::CompatFlag {
+                    found: 8,
+                    expected: 16
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -13,11 +13,12 @@ use aya::{
     },
 };
 use recorder_ebpf::{
-    ALL_MAPS, CAPACITY_MAPS, CgroupEvent, CgroupLayout, Config, FIRST_CGROUP_SLOT, MAP_ACTIVE,
-    MAP_CGROUP_PATHS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_FREE_SLOTS, MAP_GENERATION,
-    MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR, PROG_SYS_ENTER, PROG_TASK_EXIT,
-    STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED,
-    STAT_SLOT_RACE, SYSCALL_COLUMNS, cgroup_paths_entries,
+    ALL_MAPS, CAPACITY_MAPS, CgroupEvent, CgroupLayout, Config, ExecCommand, FIRST_CGROUP_SLOT,
+    MAP_ACTIVE, MAP_CGROUP_PATHS, MAP_CGROUP_SLOTS, MAP_CONFIG, MAP_COUNTS, MAP_EXEC_COMMANDS,
+    MAP_FREE_SLOTS, MAP_GENERATION, MAP_STATS, PROG_CGROUP_ATTACH, PROG_CGROUP_MKDIR,
+    PROG_SYS_ENTER, PROG_TASK_EXEC, PROG_TASK_EXIT, PROG_TASK_FORK, STAT_CACHE_MISS, STAT_COUNT,
+    STAT_MAP_ERROR, STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS,
+    SlotKey, TaskLayout, cgroup_paths_entries,
 };
 
 use crate::report::Report;
@@ -79,13 +80,13 @@ impl SkipTask {
         })
     }
 
-    fn config(self, cpus: u32, cgroup_layout: CgroupLayout) -> Config {
+    /// `base` with this process skipped.
+    fn config(self, base: Config) -> Config {
         Config {
             skip_pidns_dev: self.pidns_dev,
             skip_pidns_ino: self.pidns_ino,
             skip_tgid: self.tgid,
-            cpus,
-            cgroup_layout,
+            ..base
         }
     }
 }
@@ -99,6 +100,8 @@ pub struct LoadOptions {
     pub skip: SkipTask,
     /// A bpf filesystem to pin maps and links in, so counting survives agent restarts.
     pub bpffs: Option<PathBuf>,
+    /// Whether a container runtime's set-up is counted apart from the container's calls.
+    pub cut_runtime: bool,
 }
 
 /// Counter totals of one slot, summed over CPUs.
@@ -109,14 +112,16 @@ pub struct Recorder {
     // Keeps the programs and their links alive.
     _ebpf: Ebpf,
     counts: MappedCounters,
-    slots: HashMap<MapData, u64, u32>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    exec_commands: HashMap<MapData, u64, ExecCommand>,
     free: Queue<MapData, u32>,
     generation: Array<MapData, u64>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
     /// Paths of cgroup v2 directories the kernel saw created (also while no agent ran).
     cgroup_paths: HashMap<MapData, u64, CgroupEvent>,
-    cgroup_layout: CgroupLayout,
+    /// The configuration but the skipped process.
+    base_config: Config,
     capacity: u32,
     continuity: Continuity,
     /// Why the maps are not pinned, if they are not.
@@ -160,7 +165,7 @@ impl Recorder {
         for map in CAPACITY_MAPS {
             let entries = match map {
                 MAP_COUNTS => counter_blocks,
-                MAP_ACTIVE => capacity + 1,
+                MAP_ACTIVE => capacity + FIRST_CGROUP_SLOT,
                 MAP_CGROUP_PATHS => cgroup_paths_entries(capacity),
                 _ => capacity,
             };
@@ -193,7 +198,7 @@ impl Recorder {
             Array::try_from(counts_map).map_err(map_err(MAP_COUNTS))?,
             Array::try_from(take(&mut ebpf, MAP_ACTIVE)?).map_err(map_err(MAP_ACTIVE))?,
             cpus,
-            capacity + 1,
+            capacity + FIRST_CGROUP_SLOT,
         )?;
         let slots = HashMap::try_from(take(&mut ebpf, MAP_CGROUP_SLOTS)?)
             .map_err(map_err(MAP_CGROUP_SLOTS))?;
@@ -207,6 +212,16 @@ impl Recorder {
             PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
         let cgroup_paths = HashMap::try_from(take(&mut ebpf, MAP_CGROUP_PATHS)?)
             .map_err(map_err(MAP_CGROUP_PATHS))?;
+        let exec_commands = HashMap::try_from(take(&mut ebpf, MAP_EXEC_COMMANDS)?)
+            .map_err(map_err(MAP_EXEC_COMMANDS))?;
+        // Required: the counter reads the compat flag at a fixed place of the task.
+        btf::check_compat_flag()?;
+        // Optional: without it every process counts as its cgroup's own (no set-up cut, no
+        // exec sessions), as before phases existed.
+        let task_layout = btf::task_layout().unwrap_or_else(|err| {
+            tracing::warn!(error = %Report(&err), "process layout unknown; runtime set-up and exec sessions are counted as their containers' own");
+            TaskLayout::default()
+        });
         // Optional: without it, cgroups created and removed while no agent ran stay unnamed.
         let cgroup_layout = btf::cgroup_layout().unwrap_or_else(|err| {
             tracing::warn!(error = %Report(&err), "cgroup ids unknown at creation; cgroups removed while no agent runs may stay unresolved");
@@ -215,16 +230,23 @@ impl Recorder {
 
         let reused_maps = pin.as_ref().is_some_and(|pin| pin.reuse);
         if !reused_maps {
-            for slot in FIRST_CGROUP_SLOT..=capacity {
+            for slot in FIRST_CGROUP_SLOT..FIRST_CGROUP_SLOT + capacity {
                 free.push(&slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
             }
         }
+        let base_config = Config {
+            cpus,
+            cgroup_layout,
+            task_layout,
+            cut_runtime: u32::from(options.cut_runtime),
+            ..Config::default()
+        };
         let mut recorder_maps = (counts, slots, free, generation, config, stats);
         {
             let (_, _, _, generation, config, _) = &mut recorder_maps;
             // The previous agent's pid may now belong to anything: the new one is skipped instead.
             config
-                .set(0, &options.skip.config(cpus, cgroup_layout), 0)
+                .set(0, &options.skip.config(base_config), 0)
                 .map_err(map_err(MAP_CONFIG))?;
             let current = generation.get(&0, 0).map_err(map_err(MAP_GENERATION))?;
             generation
@@ -238,6 +260,8 @@ impl Recorder {
         for (name, tracepoint) in [
             (PROG_CGROUP_ATTACH, "cgroup_attach_task"),
             (PROG_TASK_EXIT, "sched_process_exit"),
+            (PROG_TASK_FORK, "sched_process_fork"),
+            (PROG_TASK_EXEC, "sched_process_exec"),
             (PROG_SYS_ENTER, "sys_enter"),
         ] {
             let (program_id, kept) =
@@ -275,7 +299,8 @@ impl Recorder {
             config,
             stats,
             cgroup_paths,
-            cgroup_layout,
+            exec_commands,
+            base_config,
             capacity,
             continuity: Continuity {
                 reused_maps,
@@ -308,8 +333,8 @@ impl Recorder {
         self.capacity
     }
 
-    /// The (cgroup id, slot) pairs the kernel has handed out.
-    pub fn slots(&self) -> Result<Vec<(u64, u32)>, BpfError> {
+    /// The (key, slot) pairs the kernel has handed out.
+    pub fn slots(&self) -> Result<Vec<(SlotKey, u32)>, BpfError> {
         self.slots
             .iter()
             .collect::<Result<Vec<_>, _>>()
@@ -351,12 +376,16 @@ impl Recorder {
     /// Registers `cgroup` from user space (before it runs anything), so it has a slot even if
     /// the kernel would find the queue empty later. Returns its slot.
     pub fn reserve(&mut self, cgroup: u64) -> Result<u32, BpfError> {
-        if let Ok(slot) = self.slots.get(&cgroup, 0) {
+        let key = SlotKey {
+            cgroup,
+            ..SlotKey::default()
+        };
+        if let Ok(slot) = self.slots.get(&key, 0) {
             return Ok(slot);
         }
         let slot = self.free.pop(0).map_err(map_err(MAP_FREE_SLOTS))?;
         self.slots
-            .insert(&cgroup, &slot, 0)
+            .insert(&key, &slot, 0)
             .map_err(map_err(MAP_CGROUP_SLOTS))?;
         Ok(slot)
     }
@@ -376,19 +405,29 @@ impl Recorder {
         event_path(bytes).map(|path| path.trim_start_matches('/').to_owned())
     }
 
+    /// The command line of exec session `session` (argv strings, NUL-separated), if the
+    /// kernel still holds it.
+    pub fn exec_command(&self, session: u64) -> Option<Vec<u8>> {
+        let command = self.exec_commands.get(&session, 0).ok()?;
+        let len = (command.len as usize).min(command.argv.len());
+        Some(command.argv[..len].to_vec())
+    }
+
     /// Gives the slot of a removed cgroup back: unregisters it, invalidates the caches, reads
     /// its final counters, zeroes them and returns the slot to the free queue. Returns the final
     /// totals, which the caller folds like any other read.
-    pub fn release(&mut self, cgroup: u64, slot: u32) -> Result<Totals, BpfError> {
-        self.slots
-            .remove(&cgroup)
-            .map_err(map_err(MAP_CGROUP_SLOTS))?;
+    pub fn release(&mut self, key: SlotKey, slot: u32) -> Result<Totals, BpfError> {
+        let cgroup = key.cgroup;
+        self.slots.remove(&key).map_err(map_err(MAP_CGROUP_SLOTS))?;
         self.bump_generation()?;
         let totals = self.read_slot(slot)?;
         self.counts.zero_slot(slot)?;
         self.free.push(&slot, 0).map_err(map_err(MAP_FREE_SLOTS))?;
-        // Its name is no longer needed (the LRU would drop it eventually anyway).
-        let _ = self.cgroup_paths.remove(&cgroup);
+        // Its name is no longer needed once its own calls' slot goes (the LRU would drop it
+        // eventually anyway).
+        if key.kind == 0 {
+            let _ = self.cgroup_paths.remove(&cgroup);
+        }
         Ok(totals)
     }
 
@@ -408,7 +447,7 @@ impl Recorder {
     /// Changes the process that is not counted.
     pub fn set_skip(&mut self, skip: SkipTask) -> Result<(), BpfError> {
         self.config
-            .set(0, &skip.config(self.counts.cpus, self.cgroup_layout), 0)
+            .set(0, &skip.config(self.base_config), 0)
             .map_err(map_err(MAP_CONFIG))?;
         self.bump_generation()
     }

@@ -36,6 +36,9 @@ pub enum BpfError {
          without it (`cargo xtask setup` installs what the build needs)"
     )]
     NoProgram,
+    /// The kernel's task layout is not the one the program was built for.
+    #[error("kernel layout")]
+    Layout(#[from] btf::BtfError),
     /// Missing privileges.
     #[error("missing privilege: {0}")]
     Privilege(String),

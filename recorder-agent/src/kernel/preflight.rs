@@ -3,7 +3,7 @@
 
 use std::{fs, io, path::Path};
 
-use recorder_ebpf::SlotCounts;
+use recorder_ebpf::{FIRST_CGROUP_SLOT, SlotCounts};
 
 use super::BpfError;
 
@@ -101,14 +101,17 @@ fn parse_cpu_stride(text: &str) -> Option<u32> {
 /// A kernel array holds at most 4 GiB, so huge nodes need a smaller `--max-cgroups`.
 pub(super) fn counter_blocks(capacity: u32, cpus: u32) -> Result<u32, BpfError> {
     let block = std::mem::size_of::<SlotCounts>() as u64;
-    let blocks = (u64::from(capacity) + 1) * u64::from(cpus);
+    let blocks = (u64::from(capacity) + u64::from(FIRST_CGROUP_SLOT)) * u64::from(cpus);
     // The kernel refuses arrays whose size does not fit in 32 bits (minus a page).
     let limit = (u64::from(u32::MAX) - 65_536) / block;
     if blocks > limit {
         return Err(BpfError::Capacity {
             capacity,
             cpus,
-            max: u32::try_from((limit / u64::from(cpus)).saturating_sub(1)).unwrap_or(u32::MAX),
+            max: u32::try_from(
+                (limit / u64::from(cpus)).saturating_sub(u64::from(FIRST_CGROUP_SLOT)),
+            )
+            .unwrap_or(u32::MAX),
         });
     }
     Ok(blocks as u32)
@@ -144,7 +147,7 @@ mod tests {
 
     #[test]
     fn counter_blocks_fit_one_kernel_array() {
-        assert_eq!(counter_blocks(1024, 2).ok(), Some(2050));
+        assert_eq!(counter_blocks(1024, 2).ok(), Some(2052));
         let Err(BpfError::Capacity { max, .. }) = counter_blocks(100_000, 512) else {
             panic!("100,000 cgroups on 512 CPUs do not fit in 4 GiB");
         };

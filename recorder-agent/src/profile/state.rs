@@ -40,10 +40,24 @@ pub struct SavedSlot {
     pub slot: u32,
     /// Cgroup id holding it.
     pub cgroup: u64,
+    /// What calls of the cgroup it counts (`recorder_ebpf::KIND_*` bits; 0: its own).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub kind: u32,
+    /// The exec session it counts, if any.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub session: u64,
     /// Identity its counts went to.
     pub identity: Option<Identity>,
     /// Non-zero totals by syscall number.
     pub totals: BTreeMap<u16, u64>,
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_u64(value: &u64) -> bool {
+    *value == 0
 }
 
 /// Errors of this module.

@@ -123,6 +123,9 @@ pub struct AgentStatus {
     pub unresolved_cgroups: usize,
     /// Calls not attributed to any cgroup because no slot was free, since the agent started.
     pub lost_calls: u64,
+    /// Calls of container runtimes' set-up (mounts, pivot_root, ... before a container's
+    /// program runs), kept out of every profile, since the agent started.
+    pub runtime_calls: u64,
     /// Kernel slow-path runs that found no free slot, since the programs were loaded.
     pub slot_exhausted: u64,
     /// Map operations that failed in the kernel program (should stay 0).

@@ -62,11 +62,20 @@ pub const EPHEMERAL_PREFIX: &str = "ephemeral:";
 /// a container name, and the name is never delivered as a seccomp file).
 pub const SANDBOX_CONTAINER: &str = "(sandbox)";
 
+/// Prefix of exec sessions' container names in identities (`kubectl exec`, `runc exec`): the
+/// calls of a program started in a running container from outside, apart from the container's
+/// own, unless the command is one of the container's exec probes or hooks.
+pub const EXEC_PREFIX: &str = "exec:";
+/// Pod annotation that puts exec sessions' calls into their container's profile (`include`).
+pub const EXEC_SESSIONS_ANNOTATION: &str = "syscall-recorder.io/exec-sessions";
+
 /// Whether a container name is one counted apart from the workload's own containers (a pod's
-/// sandbox, a debugging session): no pod spec enforces a profile for it, so it is neither
-/// delivered nor published.
+/// sandbox, a debugging session, an exec session): no pod spec enforces a profile for it, so
+/// it is neither delivered nor published.
 pub fn counted_apart(container: &str) -> bool {
-    container == SANDBOX_CONTAINER || container.starts_with(EPHEMERAL_PREFIX)
+    container == SANDBOX_CONTAINER
+        || container.starts_with(EPHEMERAL_PREFIX)
+        || container.starts_with(EXEC_PREFIX)
 }
 
 /// Errors of this module.
@@ -301,6 +310,12 @@ pub struct PodEntry {
     /// The pod succeeded or failed: no container of it runs again, so an id its statuses do
     /// not list is the sandbox's.
     pub terminal: bool,
+    /// `(container name, command)` of every exec probe and exec lifecycle hook of the spec:
+    /// the kubelet runs them in the container, under its seccomp profile.
+    pub exec_hooks: Vec<(String, Vec<String>)>,
+    /// The pod asks for exec sessions to count as their container's own
+    /// ([`EXEC_SESSIONS_ANNOTATION`]).
+    pub exec_sessions_included: bool,
 }
 
 impl PodEntry {
@@ -339,6 +354,44 @@ impl PodEntry {
             .as_ref()
             .and_then(|status| status.phase.as_deref())
             .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+        let mut exec_hooks = Vec::new();
+        if let Some(spec) = &pod.spec {
+            for container in spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+            {
+                let probes = [
+                    &container.liveness_probe,
+                    &container.readiness_probe,
+                    &container.startup_probe,
+                ];
+                let probe_commands = probes
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|probe| probe.exec.as_ref()?.command.clone());
+                let hooks = container
+                    .lifecycle
+                    .as_ref()
+                    .into_iter()
+                    .flat_map(|lifecycle| {
+                        [&lifecycle.post_start, &lifecycle.pre_stop]
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|hook| hook.exec.as_ref()?.command.clone())
+                    });
+                for command in probe_commands.chain(hooks) {
+                    exec_hooks.push((container.name.clone(), command));
+                }
+            }
+        }
+        let exec_sessions_included = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(EXEC_SESSIONS_ANNOTATION))
+            .is_some_and(|value| value == "include");
         Self {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
@@ -347,7 +400,20 @@ impl PodEntry {
             containers,
             complete,
             terminal,
+            exec_hooks,
+            exec_sessions_included,
         }
+    }
+
+    /// Whether an exec session with command line `argv` (NUL-terminated strings, possibly cut
+    /// by the kernel) in container `container` counts as the container's own: one of its exec
+    /// probes or hooks, or any session when the pod asks for it.
+    pub fn exec_is_own(&self, container: &str, argv: &[u8]) -> bool {
+        self.exec_sessions_included
+            || self
+                .exec_hooks
+                .iter()
+                .any(|(name, command)| name == container && command_matches(command, argv))
     }
 
     /// The identity of one of this pod's containers.
@@ -362,6 +428,21 @@ impl PodEntry {
             &self.workload.name,
             &container,
         )
+    }
+}
+
+/// Whether the kernel's argv bytes (each string NUL-terminated, cut at
+/// [`recorder_ebpf::EXEC_ARGV_MAX`] bytes) are `command`.
+fn command_matches(command: &[String], argv: &[u8]) -> bool {
+    let mut expected = Vec::new();
+    for arg in command {
+        expected.extend_from_slice(arg.as_bytes());
+        expected.push(0);
+    }
+    if argv.len() >= recorder_ebpf::EXEC_ARGV_MAX {
+        expected.starts_with(argv)
+    } else {
+        expected == argv
     }
 }
 
@@ -428,6 +509,17 @@ impl PodIndex {
         let pods = &self.pods;
         self.containers
             .retain(|_, (uid, _, _)| pods.contains_key(uid));
+    }
+
+    /// Whether an exec session with command line `argv` in container `container_id` counts as
+    /// the container's own (see [`PodEntry::exec_is_own`]); `false` for an unknown container.
+    pub fn exec_is_own(&self, container_id: &str, argv: &[u8]) -> bool {
+        let Some((uid, name, _)) = self.containers.get(container_id) else {
+            return false;
+        };
+        self.pods
+            .get(uid)
+            .is_some_and(|(pod, _)| pod.exec_is_own(name, argv))
     }
 
     /// The workload identity of a container id, if its pod is known.
@@ -671,6 +763,27 @@ impl Attribution {
     }
 
     /// The workload identity of a container id from the pod index (`None` for an empty id).
+    /// The identity of an exec session's calls in cgroup `id`, whose own identity is `own`:
+    /// `own` when the command line `argv` is one of the container's exec probes or hooks (the
+    /// kubelet runs them under the container's seccomp profile, so they must stay allowed),
+    /// else the session's own `exec:<container>`.
+    pub fn exec_identity(&self, id: u64, own: Identity, argv: &[u8]) -> Identity {
+        let container = self
+            .attributed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .map(|known| known.container.clone())
+            .unwrap_or_default();
+        let is_own = !container.is_empty()
+            && self
+                .index
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .exec_is_own(&container, argv);
+        if is_own { own } else { own.exec_session() }
+    }
+
     fn workload_of(&self, container: &str) -> Option<Identity> {
         if container.is_empty() {
             return None;

@@ -1,5 +1,12 @@
 //! Syscall names per architecture, and the seccomp architecture names that go with them.
 //! Owns the only mapping from kernel syscall numbers to names in the agent.
+//!
+//! A node architecture has two syscall tables: its own and its 32-bit compat ABI's (i386 on
+//! x86_64, AArch32 on aarch64), whose numbers mean other calls. Both share one number space
+//! here: native calls are `0..`[`COMPAT_BASE`], compat call `nr` is `COMPAT_BASE + nr`. Compat
+//! names are qualified with the ABI (`x86:getuid32`, `arm:read`), so every set, count, state
+//! file, metric label, bitmap and diff keeps them apart from native calls without a field of
+//! their own; only a seccomp profile, which lists the ABI in `architectures`, drops the prefix.
 
 mod tables;
 
@@ -32,13 +39,15 @@ impl Arch {
         }
     }
 
-    /// The name of syscall `nr`, or `None` when this architecture has no syscall with that
-    /// number (the caller counts it as unknown; a name is never invented).
+    /// The name of call `nr` of the shared number space (a compat call's qualified, see the
+    /// module docs), or `None` when this architecture has no syscall with that number (the
+    /// caller counts it as unknown; a name is never invented).
     pub fn syscall_name(self, nr: usize) -> Option<&'static str> {
-        self.table()
-            .get(nr)
-            .copied()
-            .filter(|name| !name.is_empty())
+        let (table, nr) = match nr.checked_sub(COMPAT_BASE) {
+            None => (self.table(), nr),
+            Some(compat) => (self.compat_table(), compat),
+        };
+        table.get(nr).copied().filter(|name| !name.is_empty())
     }
 
     /// The number of a syscall name, the inverse of [`Self::syscall_name`].
@@ -46,7 +55,15 @@ impl Arch {
         if name.is_empty() {
             return None;
         }
-        self.table().iter().position(|candidate| *candidate == name)
+        match name.split_once(':') {
+            None => self.table().iter().position(|candidate| *candidate == name),
+            Some((abi, _)) if abi == self.compat_abi() => self
+                .compat_table()
+                .iter()
+                .position(|candidate| *candidate == name)
+                .map(|nr| COMPAT_BASE + nr),
+            Some(_) => None,
+        }
     }
 
     /// Names by number; `""` where a number has no syscall.
@@ -57,13 +74,46 @@ impl Arch {
         }
     }
 
-    /// The `SCMP_ARCH_*` names a seccomp profile for this architecture lists: the native one
-    /// first, then the sub-architectures a node of this kind can run.
-    pub fn seccomp_architectures(self) -> &'static [&'static str] {
+    /// The compat ABI's qualified names by number.
+    fn compat_table(self) -> &'static [&'static str] {
         match self {
-            Self::X86_64 => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-            Self::Aarch64 => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+            Self::X86_64 => &tables::I386,
+            Self::Aarch64 => &tables::ARM,
         }
+    }
+
+    /// The qualifier of this architecture's compat ABI (`x86`, `arm`).
+    pub fn compat_abi(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86",
+            Self::Aarch64 => "arm",
+        }
+    }
+
+    /// The `SCMP_ARCH_*` names a seccomp profile for this architecture lists: the native one,
+    /// and the compat ABI's only when `compat` calls were seen, so a 64-bit-only workload's
+    /// filter refuses every 32-bit entry. x32 (x86_64's third ABI) is never listed: its calls
+    /// are counted as unknown, and a filter without it refuses them.
+    pub fn seccomp_architectures(self, compat: bool) -> &'static [&'static str] {
+        match (self, compat) {
+            (Self::X86_64, false) => &["SCMP_ARCH_X86_64"],
+            (Self::X86_64, true) => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            (Self::Aarch64, false) => &["SCMP_ARCH_AARCH64"],
+            (Self::Aarch64, true) => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        }
+    }
+}
+
+/// Where compat calls start in the shared number space (the kernel's counter columns).
+pub const COMPAT_BASE: usize = recorder_ebpf::SYSCALL_COLUMNS;
+/// Size of the shared number space.
+pub const NUMBERS: usize = 2 * COMPAT_BASE;
+
+/// A name as a seccomp filter knows it: without the compat qualifier, and whether it had one.
+pub fn unqualified(name: &str) -> (&str, bool) {
+    match name.split_once(':') {
+        Some((_, bare)) => (bare, true),
+        None => (name, false),
     }
 }
 
@@ -142,17 +192,20 @@ mod tests {
     fn every_name_is_unique_and_plain() {
         for arch in [Arch::X86_64, Arch::Aarch64] {
             let mut seen = std::collections::HashSet::new();
-            for nr in 0..recorder_ebpf::SYSCALL_COLUMNS {
+            for nr in 0..NUMBERS {
                 if let Some(name) = arch.syscall_name(nr) {
                     assert!(seen.insert(name), "{arch}: {name} twice");
+                    let (bare, compat) = unqualified(name);
+                    assert_eq!(compat, nr >= COMPAT_BASE, "{arch}: {name}");
                     assert!(
-                        name.bytes()
+                        bare.bytes()
                             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                         "{arch}: odd name {name}"
                     );
+                    assert_eq!(arch.syscall_number(name), Some(nr), "{arch}: {name}");
                 }
             }
-            assert!(seen.len() > 300, "{arch}: table too small");
+            assert!(seen.len() > 700, "{arch}: tables too small");
         }
         // The out-of-range column never has a name.
         assert_eq!(
@@ -162,13 +215,46 @@ mod tests {
     }
 
     #[test]
-    fn architectures_with_sub_architectures() {
+    fn compat_calls_have_their_own_qualified_names() {
+        // The misnamings of the issue: ia32 numbers read from the x86_64 table.
+        for (nr, native, compat) in [
+            (199, "fremovexattr", "x86:getuid32"),
+            (3, "close", "x86:read"),
+            (5, "fstat", "x86:open"),
+            (102, "getuid", "x86:socketcall"),
+        ] {
+            assert_eq!(Arch::X86_64.syscall_name(nr), Some(native));
+            assert_eq!(Arch::X86_64.syscall_name(COMPAT_BASE + nr), Some(compat));
+            assert_eq!(Arch::X86_64.syscall_number(compat), Some(COMPAT_BASE + nr));
+        }
         assert_eq!(
-            Arch::X86_64.seccomp_architectures(),
-            ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+            Arch::Aarch64.syscall_name(COMPAT_BASE + 3),
+            Some("arm:read")
         );
         assert_eq!(
-            Arch::Aarch64.seccomp_architectures(),
+            Arch::Aarch64.syscall_number("arm:getuid32"),
+            Some(COMPAT_BASE + 199)
+        );
+        // Another architecture's compat names have no number here.
+        assert_eq!(Arch::X86_64.syscall_number("arm:read"), None);
+        assert_eq!(Arch::Aarch64.syscall_number("x86:read"), None);
+        assert_eq!(Arch::X86_64.syscall_name(NUMBERS), None);
+        assert_eq!(unqualified("x86:getuid32"), ("getuid32", true));
+        assert_eq!(unqualified("read"), ("read", false));
+    }
+
+    #[test]
+    fn architectures_with_sub_architectures() {
+        assert_eq!(
+            Arch::X86_64.seccomp_architectures(false),
+            ["SCMP_ARCH_X86_64"]
+        );
+        assert_eq!(
+            Arch::X86_64.seccomp_architectures(true),
+            ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+        );
+        assert_eq!(
+            Arch::Aarch64.seccomp_architectures(true),
             ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
         );
         assert_eq!(Arch::from_name("arm64"), Some(Arch::Aarch64));

@@ -95,6 +95,7 @@ pub struct Metrics {
     unresolved: IntGauge,
     released: IntCounter,
     lost_calls: IntCounter,
+    runtime_calls: IntCounter,
     slot_exhausted: IntCounter,
     map_errors: IntCounter,
     collection_errors: IntCounter,
@@ -197,6 +198,10 @@ impl Metrics {
                 LOST_CALLS_TOTAL,
                 "Syscalls not attributed to any cgroup because the kernel ran out of slots (raise --max-cgroups).",
             )?,
+            runtime_calls: int_counter(
+                RUNTIME_CALLS_TOTAL,
+                "Syscalls of container runtimes' set-up (before a container's program runs), kept out of every profile.",
+            )?,
             slot_exhausted: int_counter(
                 SLOT_EXHAUSTED_TOTAL,
                 "Kernel-side slot allocations that found no free slot (capacity exhausted).",
@@ -297,6 +302,7 @@ impl Metrics {
                     .set(i64::try_from(stats.unresolved).unwrap_or(i64::MAX));
                 self.released.inc_by(stats.released as u64);
                 self.lost_calls.inc_by(stats.lost_calls);
+                self.runtime_calls.inc_by(stats.runtime_calls);
             }
             Err(_) => self.collection_errors.inc(),
         }

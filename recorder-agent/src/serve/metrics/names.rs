@@ -53,6 +53,8 @@ pub const CGROUPS_UNRESOLVED: &str = metric!("cgroups_unresolved");
 pub const CGROUPS_RELEASED_TOTAL: &str = metric!("cgroups_released_total");
 /// Calls lost for want of a slot.
 pub const LOST_CALLS_TOTAL: &str = metric!("lost_calls_total");
+/// Calls of container runtimes' set-up, in no profile.
+pub const RUNTIME_CALLS_TOTAL: &str = metric!("runtime_calls_total");
 /// Kernel slot allocations that found none free.
 pub const SLOT_EXHAUSTED_TOTAL: &str = metric!("slot_exhausted_total");
 /// Failed map operations in the kernel program.
