@@ -38,11 +38,16 @@
 //! - **The runtime's set-up**: a process moved into a cgroup (`cgroup_attach_task`: runc's
 //!   init, runc exec's init) and its children are in [`PHASE_SETUP`] until runc's init asks
 //!   `prctl(PR_GET_PDEATHSIG)` (after its mounts, `pivot_root`, hostname and keyring, before
-//!   it drops privileges or can apply a seccomp filter) or the process executes a program.
+//!   it drops privileges or can apply a seccomp filter) or the process executes a program
+//!   (not the runtime re-executing itself: an exec already under way when the process was
+//!   moved, or of an open file, `/dev/fd/N`, as runc 1.1 runs its sealed copy).
 //!   Their calls go to [`RUNTIME_SLOT`], shared by all cgroups. Between that marker and the
-//!   program ([`PHASE_LATE`]) the calls are the container's (a filter applied before
-//!   `setuid`/`capset`, as runc does without `noNewPrivileges`, must allow them), except
-//!   `seccomp` itself, which runs before any filter of the container applies.
+//!   program ([`PHASE_LATE`]) the calls go to [`RUNTIME_BASE_SLOT`], also shared: every
+//!   container of the runtime needs them (a filter applied before `setuid`/`capset`, as runc
+//!   does without `noNewPrivileges`, must allow them), and which of them the runtime's Go
+//!   scheduler makes differs from start to start, so the agent adds the node's union of them
+//!   to every container's profile. `seccomp` itself is the runtime's: it runs before any
+//!   filter of the container applies.
 //! - **Exec sessions**: a process moved into a cgroup that already counted calls of its own
 //!   (runc exec, and so `kubectl exec` and exec probes) is an exec session once it executes
 //!   its program ([`PHASE_SESSION`]); it and its children count in an [`KIND_EXEC`] slot keyed
@@ -64,8 +69,11 @@ pub const OUT_OF_RANGE_COLUMN: u32 = (SYSCALL_COLUMNS - 1) as u32;
 pub const OVERFLOW_SLOT: u32 = 0;
 /// Slot 1 collects the calls of every container runtime's set-up ([`PHASE_SETUP`]).
 pub const RUNTIME_SLOT: u32 = 1;
+/// Slot 2 collects the calls container runtimes make after their set-up marker and before the
+/// container's program ([`PHASE_LATE`]): what a container's filter must let the runtime do.
+pub const RUNTIME_BASE_SLOT: u32 = 2;
 /// First slot that belongs to a cgroup.
-pub const FIRST_CGROUP_SLOT: u32 = 2;
+pub const FIRST_CGROUP_SLOT: u32 = 3;
 
 /// [`SlotKey::kind`] bit: compat (32-bit ABI) calls, numbered from the compat table.
 pub const KIND_COMPAT: u32 = 1;
@@ -88,7 +96,7 @@ pub struct SlotKey {
 
 /// A task (thread group) between entering a cgroup and running the container's program.
 pub const PHASE_SETUP: u32 = 1;
-/// After runc's set-up marker, before the program: counted as the container's own.
+/// After runc's set-up marker, before the program: counted in [`RUNTIME_BASE_SLOT`].
 pub const PHASE_LATE: u32 = 2;
 /// An exec session's program and its children.
 pub const PHASE_SESSION: u32 = 3;
@@ -103,6 +111,12 @@ pub struct TaskState {
     pub exec: u32,
     /// With [`PHASE_SESSION`]: the session's command hash.
     pub session: u64,
+    /// The process's `mm` when it entered the cgroup. A runtime may move its init while the
+    /// init's own exec is still under way (Go's exec returns once the close-on-exec pipe
+    /// closes, after the new `mm` is in place but before the exec is reported): an exec whose
+    /// `mm` is this one is that exec, the runtime's, and does not end the set-up. Cleared at
+    /// the process's first exec and in children (a freed `mm` can come back at the address).
+    pub mm: u64,
 }
 
 /// `LRU_HASH<u32 host tgid, TaskState>`: the processes that are not (yet) a container's own.
@@ -192,7 +206,7 @@ pub const ALL_MAPS: [&str; 14] = [
 ];
 
 /// Bumped on any change of map layout or meaning: pinned maps of another ABI are not reused.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 9;
 
 /// Maps whose `max_entries` the agent sets at load time from its capacity.
 pub const CAPACITY_MAPS: [&str; 5] = [
@@ -376,8 +390,8 @@ pub struct TaskLayout {
     pub mm_arg_start: u32,
     /// `struct mm_struct`, member `arg_end` (`unsigned long`).
     pub mm_arg_end: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `struct linux_binprm`, member `filename` (`const char *`).
+    pub binprm_filename: u32,
 }
 
 /// Where the kernel program reads whether the current call is a compat one: a `u32` at this
@@ -419,7 +433,7 @@ const _: () = assert!(core::mem::size_of::<CpuCache>() == 24 * CACHE_ENTRIES);
 const _: () = assert!(CACHE_ENTRIES.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<Config>() == 80);
 const _: () = assert!(core::mem::size_of::<SlotKey>() == 24);
-const _: () = assert!(core::mem::size_of::<TaskState>() == 16);
+const _: () = assert!(core::mem::size_of::<TaskState>() == 24);
 const _: () = assert!(core::mem::size_of::<ExecCommand>() == 256);
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 512);
 const _: () = assert!(SYSCALL_COLUMNS.is_power_of_two());

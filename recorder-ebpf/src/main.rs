@@ -30,10 +30,10 @@ use aya_ebpf::{
 use recorder_ebpf::{
     CACHE_ENTRIES, CGROUP_EVENTS_BYTES, CacheEntry, CgroupEvent, Config, CpuCache, EXEC_ARGV_MAX,
     EXEC_COMMANDS_ENTRIES, ExecCommand, KIND_COMPAT, KIND_EXEC, OUT_OF_RANGE_COLUMN, OVERFLOW_SLOT,
-    PHASE_LATE, PHASE_SESSION, PHASE_SETUP, RUNTIME_SLOT, SKIP_SLOT, STAT_CACHE_MISS, STAT_COUNT,
-    STAT_MAP_ERROR, STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED, STAT_SLOT_RACE, SYSCALL_COLUMNS,
-    SlotCounts, SlotKey, TASK_STATES_ENTRIES, TaskState, cache_index, cache_index_alt,
-    counter_index,
+    PHASE_LATE, PHASE_SESSION, PHASE_SETUP, RUNTIME_BASE_SLOT, RUNTIME_SLOT, SKIP_SLOT,
+    STAT_CACHE_MISS, STAT_COUNT, STAT_MAP_ERROR, STAT_SLOT_ALLOCATED, STAT_SLOT_EXHAUSTED,
+    STAT_SLOT_RACE, SYSCALL_COLUMNS, SlotCounts, SlotKey, TASK_STATES_ENTRIES, TaskState,
+    cache_index, cache_index_alt, counter_index,
 };
 
 /// Per-architecture constants: the compat flag, where the first syscall argument is in
@@ -271,6 +271,9 @@ fn find_counter(compat: bool) -> Result<u32, Stat> {
             PHASE_SETUP if config.cut_runtime != 0 => {
                 return Ok(counter_index(RUNTIME_SLOT, cpu, config.cpus));
             }
+            PHASE_LATE if config.cut_runtime != 0 && !compat => {
+                return Ok(counter_index(RUNTIME_BASE_SLOT, cpu, config.cpus));
+            }
             PHASE_SESSION => {
                 key.kind |= KIND_EXEC;
                 key.session = state.session;
@@ -358,7 +361,7 @@ pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
     let dst: *const u8 = ctx.arg(0);
     let task: *const u8 = ctx.arg(2);
     if let Some(cgroup) = cgroup2_id(dst)
-        && let Some(tgid) = task_tgid(task)
+        && let Some((tgid, mm)) = task_ids(task)
     {
         let own = |kind| {
             let key = SlotKey {
@@ -374,6 +377,7 @@ pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
             phase: PHASE_SETUP,
             exec: u32::from(own(0) || own(KIND_COMPAT)),
             session: 0,
+            mm,
         };
         if TASK_STATES.insert(&tgid, &state, 0).is_err() {
             count_stat(STAT_MAP_ERROR);
@@ -383,18 +387,21 @@ pub fn cgroup_attach_task(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The tgid of `task`, if the agent found where it is.
+/// The tgid and the `mm` of `task`, if the agent found where they are.
 #[inline(always)]
-fn task_tgid(task: *const u8) -> Option<u32> {
+fn task_ids(task: *const u8) -> Option<(u32, u64)> {
     let layout = CONFIG.get(0)?.task_layout;
     if layout.known == 0 {
         return None;
     }
-    // SAFETY: a probe read at an offset from the kernel's BTF; a bad address fails the read.
-    let tgid: i32 =
-        unsafe { bpf_probe_read_kernel(task.wrapping_add(layout.task_tgid as usize).cast()) }
-            .ok()?;
-    Some(tgid as u32)
+    // SAFETY: probe reads at offsets from the kernel's BTF; a bad address fails the read.
+    unsafe {
+        let tgid: i32 =
+            bpf_probe_read_kernel(task.wrapping_add(layout.task_tgid as usize).cast()).ok()?;
+        let mm: u64 =
+            bpf_probe_read_kernel(task.wrapping_add(layout.task_mm as usize).cast()).ok()?;
+        Some((tgid as u32, mm))
+    }
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)`: the task's kernel stack, whose `pt_regs`
@@ -416,11 +423,14 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is copied out at once.
-    let Some(state) = (unsafe { TASK_STATES.get(&parent) }).copied() else {
+    let Some(mut state) = (unsafe { TASK_STATES.get(&parent) }).copied() else {
         return 0;
     };
+    // The `mm` of an exec under way belongs to the moved process only: the child's `mm` is
+    // its own, and a freed `mm` may come back at the same address for a later exec.
+    state.mm = 0;
     let child: *const u8 = ctx.arg(1);
-    if let Some(tgid) = task_tgid(child)
+    if let Some((tgid, _)) = task_ids(child)
         && tgid != parent
         && TASK_STATES.insert(&tgid, &state, 0).is_err()
     {
@@ -433,13 +443,29 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 /// current process runs a new program. For a process in set-up that is the container's
 /// program (its phase ends) or an exec session's (keyed by its argv).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(state) = TASK_STATES.get_ptr_mut(&tgid) else {
         return 0;
     };
+    // SAFETY: the current task as a plain pointer, only probe-read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: a map value of the current process, whose threads are gone after an exec.
     unsafe {
+        // The exec that was under way when the process entered the cgroup (the runtime moved
+        // it before its own exec had finished) is the runtime's, not the container's program:
+        // its new `mm` was already in place then.
+        if (*state).mm != 0 && task_ids(task).is_some_and(|(_, mm)| mm == (*state).mm) {
+            (*state).mm = 0;
+            return 0;
+        }
+        (*state).mm = 0;
+        // An exec of an open file (`fexecve`, which the kernel names `/dev/fd/N`) in set-up is
+        // a runtime running a sealed copy of itself (runc 1.1's cloned binary): containers'
+        // programs are executed by path.
+        if (*state).phase != PHASE_SESSION && exec_of_open_file(ctx.arg(2)) {
+            return 0;
+        }
         match ((*state).phase, (*state).exec) {
             (PHASE_SESSION, _) => return 0,
             (_, 0) => {
@@ -453,6 +479,26 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     }
     bump_generation();
     0
+}
+
+/// Whether the program being executed was named `/dev/fd/N` (`bprm->filename`).
+#[inline(always)]
+fn exec_of_open_file(bprm: *const u8) -> bool {
+    let Some(layout) = CONFIG.get(0).map(|config| config.task_layout) else {
+        return false;
+    };
+    // SAFETY: probe reads at an offset from the kernel's BTF; a bad address fails the read.
+    unsafe {
+        let Ok(filename) = bpf_probe_read_kernel::<*const u8>(
+            bprm.wrapping_add(layout.binprm_filename as usize).cast(),
+        ) else {
+            return false;
+        };
+        matches!(
+            bpf_probe_read_kernel::<[u8; 8]>(filename.cast()),
+            Ok(prefix) if prefix == *b"/dev/fd/"
+        )
+    }
 }
 
 /// Reads the current program's argv, keeps it in [`EXEC_COMMANDS`] and returns its hash.

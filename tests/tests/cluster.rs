@@ -65,6 +65,21 @@ spec:
     )
 }
 
+/// The exec readiness probe of [`probed_web_deployment`]: `ls` lists a directory
+/// (getdents64), which serving files never does, so the probe's calls are told apart.
+const PROBE_COMMAND: [&str; 3] = ["sh", "-c", "ls /etc >/dev/null"];
+
+/// [`web_deployment`] with an exec readiness probe: the kubelet runs it in the container
+/// (through the runtime's exec) under the container's seccomp profile.
+fn probed_web_deployment(name: &str, replicas: u32) -> String {
+    let probe: Vec<String> = PROBE_COMMAND.iter().map(|c| format!("{c:?}")).collect();
+    format!(
+        "{}        readinessProbe:\n          exec: {{command: [{}]}}\n          periodSeconds: 2\n",
+        web_deployment(name, replicas),
+        probe.join(", ")
+    )
+}
+
 /// A Deployment `busy` whose container `busy` calls uname once a second.
 fn busy_deployment() -> String {
     format!(
@@ -547,7 +562,7 @@ fn delivered_profile_is_enforced_by_the_kubelet() -> anyhow::Result<()> {
     };
     let agent = AgentAccess::new(&cluster)?;
     let ns = cluster.namespace("ct-enforce")?;
-    ns.apply(&web_deployment("web", 2))?;
+    ns.apply(&probed_web_deployment("web", 2))?;
     cluster.rollout(&ns.name, "deployment/web", Duration::from_secs(120))?;
     let addrs = cluster.wait_for("both web replicas Running", Duration::from_secs(60), || {
         let addrs = web_addrs(&cluster, &ns.name, "web", false);
@@ -559,6 +574,23 @@ fn delivered_profile_is_enforced_by_the_kubelet() -> anyhow::Result<()> {
             http_get(*addr, path)?;
         }
     }
+    // An interactive session's calls are its own (`exec:web`), never the container's.
+    let session = ns.kubectl(&[
+        "exec",
+        "deploy/web",
+        "-c",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "mkdir /tmp/from-kubectl && echo made",
+    ])?;
+    assert_eq!(session.trim(), "made");
+    let exec_profile = agent.wait("the kubectl exec session's profile", |profiles| {
+        find(profiles, &ns.name, "Deployment", "web", "exec:web")
+            .filter(|p| count_any(p, &["mkdir", "mkdirat"]) > 0)
+            .cloned()
+    })?;
     let relative = format!("syscall-recorder/{}/deployment/web/web.json", ns.name);
     let file = std::path::Path::new(SECCOMP_ROOT).join(&relative);
     let selector = format!("{}/Deployment/web/web", ns.name);
@@ -586,19 +618,39 @@ fn delivered_profile_is_enforced_by_the_kubelet() -> anyhow::Result<()> {
             };
             let delivered: Value = serde_json::from_str(&text)?;
             let served = agent.profiles()?;
-            let accepted = find(&served, &ns.name, "Deployment", "web", "web")
-                .map_or(0, |p| count_any(p, &["accept", "accept4"]));
-            Ok((accepted >= 6 && allowed(&export) == allowed(&delivered)).then_some(delivered))
+            let web = find(&served, &ns.name, "Deployment", "web", "web");
+            let accepted = web.map_or(0, |p| count_any(p, &["accept", "accept4"]));
+            // The probe's calls are the container's: the kubelet runs it under its profile.
+            let probed = web.map_or(0, |p| count(p, "getdents64"));
+            Ok(
+                (accepted >= 6 && probed > 0 && allowed(&export) == allowed(&delivered))
+                    .then_some(delivered),
+            )
         },
     )?;
     let allow = allowed(&oci);
     // `ln` makes a hard link: link(2) (or linkat). Not `ln -s`: runc init makes symlinks
     // (symlinkat) in every container, so symlinkat is in every learned profile.
-    for never in ["link", "linkat"] {
+    for never in ["link", "linkat", "mkdir", "mkdirat"] {
         assert!(
             !allow.contains(never),
-            "{never} is in the profile: {allow:?}"
+            "{never} is in the profile: {allow:?} (the exec session: {exec_profile})"
         );
+    }
+    // The runtime's set-up is not the container's either, nor the sandbox's, on any of the
+    // pods started so far (runc's init moves into the cgroup while it re-executes itself:
+    // a race that the boundary must not lose).
+    for runtime in ["pivot_root", "mount", "umount2", "sethostname", "keyctl"] {
+        assert!(!allow.contains(runtime), "{runtime}: {allow:?}");
+    }
+    for profile in agent.profiles()? {
+        if profile["namespace"] == ns.name.as_str() {
+            assert_eq!(
+                count_any(&profile, &["pivot_root", "keyctl", "sethostname"]),
+                0,
+                "the runtime's set-up in {profile}"
+            );
+        }
     }
 
     ns.kubectl(&[
@@ -629,6 +681,27 @@ fn delivered_profile_is_enforced_by_the_kubelet() -> anyhow::Result<()> {
             answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.contains("root:"),
             "{addr} under the profile answered {answer:?}"
         );
+    }
+    // The exec probe passes under the profile (the rollout waited for Ready, and the pods
+    // stay Ready), and a session's mkdir is refused there.
+    for pod in cluster.pods(&ns.name, "app=web")? {
+        if pod["metadata"]["deletionTimestamp"].is_null()
+            && !pod["spec"]["containers"][0]["securityContext"]["seccompProfile"].is_null()
+        {
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            assert!(ready, "{}", pod["status"]);
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            let refused = ns.kubectl(&["exec", name, "-c", "web", "--", "mkdir", "/tmp/denied"]);
+            let message = format!("{refused:?}");
+            assert!(
+                refused.is_err() && message.contains("not permitted"),
+                "mkdir in an enforced pod: {message}"
+            );
+        }
     }
 
     ns.apply(&format!(

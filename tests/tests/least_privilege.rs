@@ -250,7 +250,7 @@ fn compat_calls_have_their_own_names_and_architecture() {
         assert_eq!(
             (enforced.code, enforced.container.stdout()),
             (0, expected_stdout.to_owned()),
-            "{program} under its profile: {}",
+            "{program} under its profile {oci}: {}",
             enforced.container.stderr()
         );
     }

@@ -39,7 +39,9 @@ pub fn probe(args: &BenchProbeArgs) -> anyhow::Result<ExitCode> {
             capacity: args.max_cgroups,
             skip: SkipTask::this_process()?,
             bpffs: None,
-            cut_runtime: true,
+            // The loops join their cgroups without an exec: counted as their cgroups' own, as
+            // before phases existed (the cut only changes which slot a cache miss picks).
+            cut_runtime: false,
         })?,
     };
     hold()?;
@@ -156,7 +158,7 @@ pub fn collect(args: &BenchCollectArgs) -> anyhow::Result<ExitCode> {
             capacity: n + 256,
             skip: SkipTask::this_process()?,
             bpffs: None,
-            cut_runtime: true,
+            cut_runtime: false,
         })?;
         let cgroups = BenchCgroups::create(&root, n)?;
         let mut collector = Collector::new(recorder, Resolver::new(root.clone()), arch);

@@ -16,6 +16,7 @@ use crate::{
     collection::{Collector, RoundStats},
     export::delivery::Delivery,
     kernel::KernelStats,
+    profile::syscalls::GO_RUNTIME_CALLS,
     profile::{Identity, state::StateDir},
     report::Report,
     serve::{Shared, state::Condition},
@@ -53,6 +54,8 @@ impl CollectionLoop {
         let mut last_save = Instant::now();
         // The cluster view's generation the baselines were last aligned with.
         let mut aligned = None;
+        // How many runtime needs every container profile was last given.
+        let mut runtime_base = 0;
         loop {
             let stopping = match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
@@ -63,7 +66,7 @@ impl CollectionLoop {
                 // The last round reads every slot: without pinned maps the counters go with us.
                 self.collector.sweep_next_round();
             }
-            self.round(&mut aligned);
+            self.round(&mut aligned, &mut runtime_base);
             if let Some(delivery) = &mut self.delivery {
                 delivery.deliver(&self.shared.profiles, self.shared.cluster.as_deref());
             }
@@ -87,7 +90,7 @@ impl CollectionLoop {
 
     /// One round, folded into the store, recorded in the metrics and the status. `aligned` is
     /// the cluster view's generation the baselines were last aligned with.
-    fn round(&mut self, aligned: &mut Option<u64>) {
+    fn round(&mut self, aligned: &mut Option<u64>, runtime_base: &mut usize) {
         let started = Instant::now();
         for (id, path) in self.learned.take() {
             self.collector.resolver().insert(id, path);
@@ -118,7 +121,29 @@ impl CollectionLoop {
         // renames it made possible, and the baselines that became due.
         let took = self.shared.profiles.update(|store| {
             let now = SystemTime::now();
-            let new_syscall = self.collector.fold_into(store, now);
+            let mut new_syscall = self.collector.fold_into(store, now);
+            // The runtime's needs after its filter applies join every container's profile: on
+            // a new profile or syscall, or when the node saw the runtime do something new.
+            let arch = self.shared.arch;
+            let mut base: Vec<&str> = self
+                .collector
+                .runtime_base()
+                .filter_map(|nr| arch.syscall_name(nr))
+                .collect();
+            if !base.is_empty() {
+                base.extend(
+                    GO_RUNTIME_CALLS
+                        .iter()
+                        .copied()
+                        .filter(|name| arch.syscall_number(name).is_some()),
+                );
+                base.sort_unstable();
+                base.dedup();
+            }
+            if !base.is_empty() && (new_syscall || base.len() != *runtime_base) {
+                *runtime_base = base.len();
+                new_syscall |= store.allow_runtime_names(&base, now);
+            }
             let renamed = match &self.attribution {
                 Some(attribution) => attribution.apply_renames(store) > 0,
                 None => false,

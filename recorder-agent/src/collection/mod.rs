@@ -13,7 +13,8 @@ use std::{
 };
 
 use recorder_ebpf::{
-    KIND_COMPAT, KIND_EXEC, OVERFLOW_SLOT, RUNTIME_SLOT, SYSCALL_COLUMNS, SlotKey,
+    KIND_COMPAT, KIND_EXEC, OVERFLOW_SLOT, RUNTIME_BASE_SLOT, RUNTIME_SLOT, SYSCALL_COLUMNS,
+    SlotKey,
 };
 
 use crate::{
@@ -108,6 +109,8 @@ pub struct Collector<C = Recorder> {
     lost_total: u64,
     runtime_last: Sparse,
     runtime_total: u64,
+    /// The runtime base slot's totals (see [`Collector::runtime_base`]).
+    runtime_base_last: Sparse,
     /// Removed cgroups whose final counts are folded but not yet saved: their slots are given
     /// back only after the next state save, so a crash cannot lose those counts.
     /// Slot → cgroup: looked up for every slot of every round.
@@ -172,6 +175,7 @@ impl<C: SlotCounters> Collector<C> {
             lost_total: 0,
             runtime_last: Vec::new(),
             runtime_total: 0,
+            runtime_base_last: Vec::new(),
             pending_release: HashMap::new(),
             slot_table: None,
             read_buffer: Box::new([0; SYSCALL_COLUMNS]),
@@ -348,6 +352,15 @@ impl<C: SlotCounters> Collector<C> {
         self.runtime_total
     }
 
+    /// What container runtimes did on this node between their set-up marker and a container's
+    /// program, as syscall numbers: every container's filter must allow it. The union since the
+    /// counters were loaded (it only grows).
+    pub fn runtime_base(&self) -> impl Iterator<Item = usize> + '_ {
+        self.runtime_base_last
+            .iter()
+            .map(|&(nr, _)| usize::from(nr))
+    }
+
     /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved, and
     /// for an exec session's slot its command line). The deltas it read, also when it fails
     /// part-way, wait for [`fold_into`](Self::fold_into).
@@ -477,6 +490,24 @@ impl<C: SlotCounters> Collector<C> {
             );
         }
         self.slot_table = Some((allocated, slots));
+        match self
+            .counters
+            .read_slot_into(RUNTIME_BASE_SLOT, &mut self.read_buffer)
+        {
+            Ok(()) => {
+                let (mut unused, mut totals) = (Vec::new(), Vec::new());
+                sparse_deltas(
+                    &self.read_buffer,
+                    &self.runtime_base_last,
+                    &mut unused,
+                    &mut totals,
+                );
+                self.runtime_base_last = totals;
+            }
+            Err(err) => {
+                failure.get_or_insert(err);
+            }
+        }
         match self
             .counters
             .read_slot_into(RUNTIME_SLOT, &mut self.read_buffer)

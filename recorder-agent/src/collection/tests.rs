@@ -561,3 +561,31 @@ fn deltas_handle_first_read_and_reset() {
     sparse_deltas(&b, &before, &mut delta, &mut totals);
     assert_eq!(delta, vec![(0, 2), (1, 1)]);
 }
+
+#[test]
+fn compat_slots_fold_into_the_compat_numbers() {
+    let key = |kind| recorder_ebpf::SlotKey {
+        cgroup: 7,
+        session: 0,
+        kind,
+        _pad: 0,
+    };
+    let delta = vec![(3, 2), (199, 1)];
+    assert_eq!(super::numbered(key(0), delta.clone()), delta);
+    assert_eq!(
+        super::numbered(key(recorder_ebpf::KIND_EXEC), delta.clone()),
+        delta
+    );
+    let compat = super::numbered(key(recorder_ebpf::KIND_COMPAT), delta);
+    assert_eq!(compat, [(515, 2), (711, 1)]);
+    let mut store = ProfileStore::default();
+    store.add_sparse(
+        &identity("ia32"),
+        Arch::X86_64,
+        &compat,
+        SystemTime::UNIX_EPOCH,
+    );
+    assert_eq!(calls(&store, "ia32", "x86:read"), 2);
+    assert_eq!(calls(&store, "ia32", "x86:getuid32"), 1);
+    assert_eq!(calls(&store, "ia32", "close"), 0);
+}

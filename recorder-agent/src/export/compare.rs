@@ -15,7 +15,10 @@ use crate::{
         Format,
         seccomp::{OciSeccomp, OciSyscallRule, SPO_KIND, SpoSeccompProfile},
     },
-    profile::Profile,
+    profile::{
+        Profile,
+        syscalls::{compat_seccomp_arch, unqualified},
+    },
 };
 
 /// Errors of this module.
@@ -111,12 +114,21 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, CompareError> {
         let profile: Profile = serde_json::from_value(value)
             .map_err(|err| malformed(path, format!("not a valid recorder profile: {err}")))?;
         // What the recorder saw, as an allow-list; it does not say which node it came from,
-        // so no architectures.
-        let names: Vec<String> = profile.syscalls.into_keys().collect();
+        // so only the compat ABIs its qualified names show are architectures.
+        let mut names = BTreeSet::new();
+        let mut architectures = BTreeSet::new();
+        for name in profile.syscalls.keys() {
+            let (bare, _) = unqualified(name);
+            names.insert(bare.to_owned());
+            if let Some(arch) = compat_seccomp_arch(name) {
+                architectures.insert(arch.to_owned());
+            }
+        }
+        let names: Vec<String> = names.into_iter().collect();
         let oci = OciSeccomp {
             default_action: crate::export::seccomp::DEFAULT_ACTION.to_owned(),
             default_errno_ret: Some(crate::export::seccomp::DEFAULT_ERRNO_RET),
-            architectures: Vec::new(),
+            architectures: architectures.into_iter().collect(),
             flags: Vec::new(),
             listener_path: None,
             listener_metadata: None,

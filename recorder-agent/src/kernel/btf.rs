@@ -67,7 +67,7 @@ fn task_layout_from(data: &[u8]) -> Result<TaskLayout, BtfError> {
         task_mm: btf.member_offset("task_struct", "mm", 8)?,
         mm_arg_start: btf.member_offset("mm_struct", "arg_start", 8)?,
         mm_arg_end: btf.member_offset("mm_struct", "arg_end", 8)?,
-        _pad: 0,
+        binprm_filename: btf.member_offset("linux_binprm", "filename", 8)?,
     })
 }
 

@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn counter_blocks_fit_one_kernel_array() {
-        assert_eq!(counter_blocks(1024, 2).ok(), Some(2052));
+        assert_eq!(counter_blocks(1024, 2).ok(), Some(2054));
         let Err(BpfError::Capacity { max, .. }) = counter_blocks(100_000, 512) else {
             panic!("100,000 cgroups on 512 CPUs do not fit in 4 GiB");
         };

@@ -213,6 +213,27 @@ impl Profile {
         }
     }
 
+    /// Allows `names` without counting a call (the container runtime's own needs after its
+    /// filter applies, see `recorder_ebpf::RUNTIME_BASE_SLOT`): each missing name is added with
+    /// 0 calls. Returns whether one was missing.
+    pub fn allow_runtime_names<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+        now: SystemTime,
+    ) -> bool {
+        let mut grew = false;
+        for name in names {
+            if !self.syscalls.contains_key(name) {
+                self.syscalls.insert(name.to_owned(), 0);
+                grew = true;
+            }
+        }
+        if grew {
+            self.last_new_syscall = self.last_new_syscall.max(now);
+        }
+        grew
+    }
+
     /// Folds another profile of the same workload into this one (replicas, re-attribution).
     pub fn merge(&mut self, other: &Self) {
         let mut grew = false;

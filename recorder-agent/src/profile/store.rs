@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{Identity, Profile, syscalls::Arch};
+use super::{Identity, Profile, WorkloadKind, syscalls::Arch};
 
 /// All profiles the agent knows, by identity.
 ///
@@ -56,6 +56,21 @@ impl ProfileStore {
             .profiles
             .entry(identity.clone())
             .or_insert_with(|| Profile::new(identity.clone(), now)))
+    }
+
+    /// Adds the container runtime's needs (`names`) to every container's profile (not to
+    /// plain cgroups' or recorded commands'). Returns whether a profile grew.
+    pub fn allow_runtime_names(&mut self, names: &[&str], now: SystemTime) -> bool {
+        let mut grew = false;
+        for profile in self.profiles.values_mut() {
+            if matches!(
+                profile.identity.workload_kind,
+                WorkloadKind::Kubernetes(_) | WorkloadKind::Pod | WorkloadKind::Container
+            ) {
+                grew |= profile.allow_runtime_names(names.iter().copied(), now);
+            }
+        }
+        grew
     }
 
     /// Like [`add_counts`](Self::add_counts) with sparse `(nr, delta)` pairs.

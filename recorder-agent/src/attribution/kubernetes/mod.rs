@@ -1236,6 +1236,71 @@ mod tests {
     }
 
     #[test]
+    fn exec_probes_and_hooks_are_the_containers_own_and_sessions_are_not() {
+        use k8s_openapi::api::core::v1::{
+            Container, ExecAction, Lifecycle, LifecycleHandler, PodSpec, Probe,
+        };
+        let exec = |command: &[&str]| ExecAction {
+            command: Some(command.iter().map(|c| (*c).to_owned()).collect()),
+        };
+        let mut with_probes = pod();
+        with_probes.spec = Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                readiness_probe: Some(Probe {
+                    exec: Some(exec(&["sh", "-c", "test -f /tmp/ready"])),
+                    ..Probe::default()
+                }),
+                lifecycle: Some(Lifecycle {
+                    pre_stop: Some(LifecycleHandler {
+                        exec: Some(exec(&["/bin/drain"])),
+                        ..LifecycleHandler::default()
+                    }),
+                    ..Lifecycle::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        });
+        let mut index = PodIndex::new();
+        index.upsert(PodEntry::new(&with_probes, w("Deployment", "web")));
+        assert!(index.exec_is_own(ID_B, b"sh\0-c\0test -f /tmp/ready\0"));
+        assert!(index.exec_is_own(ID_B, b"/bin/drain\0"));
+        // An interactive shell, the probe's command with other arguments, another container,
+        // an unknown container.
+        assert!(!index.exec_is_own(ID_B, b"sh\0"));
+        assert!(!index.exec_is_own(ID_B, b"sh\0-c\0test -f /tmp/ready; id\0"));
+        assert!(!index.exec_is_own(ID_A, b"/bin/drain\0"));
+        assert!(!index.exec_is_own(&"e".repeat(64), b"/bin/drain\0"));
+        // A command line the kernel cut: its first bytes decide.
+        let long = "x".repeat(400);
+        let mut long_probe = with_probes.clone();
+        if let Some(spec) = &mut long_probe.spec {
+            spec.containers[0].liveness_probe = Some(Probe {
+                exec: Some(exec(&["echo", &long])),
+                ..Probe::default()
+            });
+        }
+        index.upsert(PodEntry::new(&long_probe, w("Deployment", "web")));
+        let mut cut = b"echo\0".to_vec();
+        cut.extend_from_slice(&long.as_bytes()[..recorder_ebpf::EXEC_ARGV_MAX - 5]);
+        assert!(index.exec_is_own(ID_B, &cut));
+        // The pod may ask for every session to count as the container's.
+        let mut included = with_probes;
+        included.metadata.annotations = Some(BTreeMap::from([(
+            EXEC_SESSIONS_ANNOTATION.to_owned(),
+            "include".to_owned(),
+        )]));
+        index.upsert(PodEntry::new(&included, w("Deployment", "web")));
+        assert!(index.exec_is_own(ID_B, b"sh\0"));
+        assert!(counted_apart("exec:app") && !counted_apart("app"));
+        assert_eq!(
+            Identity::new("shop", "Deployment", "web", "app").exec_session(),
+            Identity::new("shop", "Deployment", "web", "exec:app")
+        );
+    }
+
+    #[test]
     fn truncated_and_mangled_paths_never_panic() {
         let index = Arc::new(Mutex::new(PodIndex::new()));
         index

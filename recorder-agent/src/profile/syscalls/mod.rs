@@ -104,10 +104,57 @@ impl Arch {
     }
 }
 
+/// What a Go program's runtime may call at any moment, whatever the program does: scheduler
+/// and timers (`futex`, `nanosleep`, `sched_yield`), signal-based preemption (`tgkill`, and
+/// `rt_sigreturn` on return from the handler), new threads, memory for the heap and the
+/// garbage collector, the network poller. runc's init is a Go program that runs for a moment
+/// under the container's filter (after the filter is applied and before the container's
+/// program starts), so every container's profile allows these when runc's set-up was seen on
+/// the node; without `rt_sigreturn`, a preemption signal that lands in that moment kills the
+/// container at start (SIGSEGV). Which of them one start makes is chance, so learning alone
+/// would take many starts to find them all.
+pub const GO_RUNTIME_CALLS: [&str; 25] = [
+    "clone",
+    "close",
+    "epoll_ctl",
+    "epoll_pwait",
+    "exit",
+    "exit_group",
+    "fcntl",
+    "futex",
+    "getpid",
+    "getrandom",
+    "gettid",
+    "madvise",
+    "mmap",
+    "mprotect",
+    "munmap",
+    "nanosleep",
+    "read",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sched_getaffinity",
+    "sched_yield",
+    "sigaltstack",
+    "tgkill",
+    "write",
+];
+
 /// Where compat calls start in the shared number space (the kernel's counter columns).
 pub const COMPAT_BASE: usize = recorder_ebpf::SYSCALL_COLUMNS;
 /// Size of the shared number space.
 pub const NUMBERS: usize = 2 * COMPAT_BASE;
+
+/// The `SCMP_ARCH_*` name of a compat call's ABI (`x86:getuid32` → `SCMP_ARCH_X86`), `None`
+/// for a native name.
+pub fn compat_seccomp_arch(name: &str) -> Option<&'static str> {
+    match name.split_once(':')?.0 {
+        "x86" => Some("SCMP_ARCH_X86"),
+        "arm" => Some("SCMP_ARCH_ARM"),
+        _ => None,
+    }
+}
 
 /// A name as a seccomp filter knows it: without the compat qualifier, and whether it had one.
 pub fn unqualified(name: &str) -> (&str, bool) {
