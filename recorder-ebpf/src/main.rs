@@ -46,6 +46,7 @@ mod arch {
     pub const ARG0_OFFSET: usize = 14 * 8;
     pub const NR_PRCTL: u64 = 157;
     pub const NR_SECCOMP: u64 = 317;
+    pub const NR_EXECVE: u64 = 59;
 }
 #[cfg(bpf_target_arch = "aarch64")]
 mod arch {
@@ -55,6 +56,7 @@ mod arch {
     pub const ARG0_OFFSET: usize = 34 * 8;
     pub const NR_PRCTL: u64 = 167;
     pub const NR_SECCOMP: u64 = 277;
+    pub const NR_EXECVE: u64 = 221;
 }
 
 /// `PR_GET_PDEATHSIG`: runc's init asks it once its mounts, root and hostname are set up.
@@ -150,8 +152,12 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     // `struct pt_regs *regs`, on the current task's kernel stack: a task key without a helper call.
     let regs: u64 = ctx.arg(0);
     let compat = in_compat_syscall();
-    if !compat && (nr == arch::NR_PRCTL || nr == arch::NR_SECCOMP) && set_up_call(nr, regs) {
-        return count_runtime(column);
+    if !compat && (nr == arch::NR_PRCTL || nr == arch::NR_SECCOMP || nr == arch::NR_EXECVE) {
+        match set_up_call(nr, regs) {
+            SetUpCall::Runtime => return count_in(RUNTIME_SLOT, column),
+            SetUpCall::Own => return count_own(column),
+            SetUpCall::Other => {}
+        }
     }
     // Compat calls of a task have a cache entry (and a slot) of their own.
     let task = regs | u64::from(compat);
@@ -201,40 +207,71 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), Stat> {
     Ok(())
 }
 
-/// Counts a call in this CPU's block of [`RUNTIME_SLOT`] (not cached: rare calls only).
+/// Counts a call in this CPU's block of `slot` (not cached: rare calls only).
 #[inline(always)]
-fn count_runtime(column: usize) -> Result<(), Stat> {
+fn count_in(slot: u32, column: usize) -> Result<(), Stat> {
     let config = CONFIG.get(0).ok_or(Stat(STAT_MAP_ERROR))?;
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let counts = COUNTS
-        .get_ptr_mut(counter_index(RUNTIME_SLOT, cpu, config.cpus))
+        .get_ptr_mut(counter_index(slot, cpu, config.cpus))
         .ok_or(Stat(STAT_MAP_ERROR))?;
     // SAFETY: as in `try_sys_enter`: this CPU's block, the index masked in bounds.
     unsafe { (*counts).calls[column & (SYSCALL_COLUMNS - 1)] += 1 };
     Ok(())
 }
 
-/// A `prctl` or `seccomp` call of the current task: runc's set-up marker moves a task in
-/// set-up to [`PHASE_LATE`]; a `seccomp` call before the program runs (the runtime installing
-/// or probing filters) is the runtime's. Returns whether the call is counted as the runtime's.
+/// Counts a call in the current cgroup's own (native) slot, whatever the task's phase.
 #[inline(always)]
-fn set_up_call(nr: u64, regs: u64) -> bool {
+fn count_own(column: usize) -> Result<(), Stat> {
+    let mut key = SlotKey::default();
+    let slot = find_slot(&mut key)?;
+    count_in(slot, column)
+}
+
+/// Where a watched call of the current task counts.
+enum SetUpCall {
+    /// In [`RUNTIME_SLOT`].
+    Runtime,
+    /// In its cgroup's own slot.
+    Own,
+    /// As any call of the task.
+    Other,
+}
+
+/// A `prctl`, `seccomp` or `execve` call of the current task: runc's set-up marker moves a task
+/// in set-up to [`PHASE_LATE`]; a `seccomp` call before the program runs (the runtime
+/// installing or probing filters) is the runtime's; the `execve` that starts a program from
+/// set-up (a runtime without runc's marker, a process moved into the cgroup, an exec session)
+/// is the cgroup's own, as that program's first call.
+#[inline(always)]
+fn set_up_call(nr: u64, regs: u64) -> SetUpCall {
     if CONFIG.get(0).is_none_or(|config| config.cut_runtime == 0) {
-        return false;
+        return SetUpCall::Other;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(state) = TASK_STATES.get_ptr_mut(&tgid) else {
-        return false;
+        return SetUpCall::Other;
     };
     // SAFETY: a map value; the phase is only moved forward, so a concurrent update by another
     // thread of the process writes the same value.
     unsafe {
         if nr == arch::NR_SECCOMP {
-            return matches!((*state).phase, PHASE_SETUP | PHASE_LATE);
+            return match (*state).phase {
+                PHASE_SETUP | PHASE_LATE => SetUpCall::Runtime,
+                _ => SetUpCall::Other,
+            };
         }
-        if (*state).phase != PHASE_SETUP || (*state).exec != 0 {
-            return false;
+        if (*state).phase != PHASE_SETUP {
+            return SetUpCall::Other;
+        }
+        // An exec session's too: its key is its argv, known only once the exec is done, and
+        // every container allows `execve` (runc's own exec of its program).
+        if nr == arch::NR_EXECVE {
+            return SetUpCall::Own;
+        }
+        if (*state).exec != 0 {
+            return SetUpCall::Other;
         }
         let arg0: u64 =
             bpf_probe_read_kernel((regs as usize + arch::ARG0_OFFSET) as *const u64).unwrap_or(0);
@@ -244,7 +281,7 @@ fn set_up_call(nr: u64, regs: u64) -> bool {
             bump_generation();
         }
     }
-    false
+    SetUpCall::Other
 }
 
 /// The slow path: which counter block (slot and CPU) counts the current task's syscalls.

