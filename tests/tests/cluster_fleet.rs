@@ -358,7 +358,9 @@ fn owner(uid: &str) -> String {
 }
 
 /// A pod of the `fleet` workload (owned by the ConfigMap `fleet`, a controller kind the
-/// cluster runs nothing for), bound to `node`.
+/// cluster runs nothing for), bound to `node`. Its fake container starts every command from
+/// outside its cgroup, as an exec session would: the pod asks for exec sessions to count as
+/// the container's own, which is what a real container's processes are.
 fn fleet_pod(name: &str, node: Option<&str>, owner_uid: &str, command: &str) -> String {
     let node = node.map_or_else(String::new, |node| {
         format!("nodeName: {node}\n  tolerations: [{{operator: Exists}}]\n  ")
@@ -369,6 +371,7 @@ kind: Pod
 metadata:
   name: {name}
   labels: {{app: fleet}}
+  annotations: {{syscall-recorder.io/exec-sessions: include}}
   {owner}
 spec:
   {node}terminationGracePeriodSeconds: 1
