@@ -53,14 +53,47 @@ pub enum BtfError {
     },
 }
 
-/// The offsets the task programs need, from this kernel's BTF.
-pub(super) fn task_layout() -> Result<TaskLayout, BtfError> {
-    let data = fs::read(Path::new(VMLINUX_BTF)).map_err(BtfError::Read)?;
-    task_layout_from(&data)
+/// What the programs need from this kernel's BTF: the layouts, and whether the compat flag is
+/// where the counter reads it.
+#[derive(Debug)]
+pub(super) struct Layouts {
+    /// For the `cgroup_mkdir` program (optional).
+    pub cgroup: Result<CgroupLayout, BtfError>,
+    /// For the task programs (optional).
+    pub task: Result<TaskLayout, BtfError>,
+    /// The compat flag's place (required; `Ok` without BTF, where nothing can be checked).
+    pub compat: Result<(), BtfError>,
 }
 
+/// Reads and parses the kernel's BTF once (several MiB: one read, dropped at once, so the
+/// allocator gives the memory back) for everything the programs need from it.
+pub(super) fn layouts() -> Layouts {
+    let parsed = fs::read(Path::new(VMLINUX_BTF))
+        .map_err(BtfError::Read)
+        .and_then(|data| {
+            let btf = Btf::parse(&data)?;
+            Ok(Layouts {
+                cgroup: cgroup_layout_of(&btf),
+                task: task_layout_of(&btf),
+                compat: compat_flag_of(&btf, std::env::consts::ARCH),
+            })
+        });
+    parsed.unwrap_or_else(|err| {
+        let again = || BtfError::Read(io::Error::other(err.to_string()));
+        Layouts {
+            cgroup: Err(again()),
+            task: Err(again()),
+            compat: Ok(()),
+        }
+    })
+}
+
+#[cfg(test)]
 fn task_layout_from(data: &[u8]) -> Result<TaskLayout, BtfError> {
-    let btf = Btf::parse(data)?;
+    task_layout_of(&Btf::parse(data)?)
+}
+
+fn task_layout_of(btf: &Btf<'_>) -> Result<TaskLayout, BtfError> {
     Ok(TaskLayout {
         known: 1,
         task_tgid: btf.member_offset("task_struct", "tgid", 4)?,
@@ -73,21 +106,18 @@ fn task_layout_from(data: &[u8]) -> Result<TaskLayout, BtfError> {
 
 /// Checks that the compat flag the counter reads on every call is where this kernel keeps it
 /// (the verifier would also refuse a read that is not inside `thread_info`, with a less
-/// helpful message). Without BTF there is nothing to check against, and the load goes on.
-pub(super) fn check_compat_flag() -> Result<(), BtfError> {
-    let Ok(data) = fs::read(Path::new(VMLINUX_BTF)) else {
-        return Ok(());
-    };
-    compat_flag_from(&data, std::env::consts::ARCH)
+/// helpful message).
+#[cfg(test)]
+fn compat_flag_from(data: &[u8], arch: &str) -> Result<(), BtfError> {
+    compat_flag_of(&Btf::parse(data)?, arch)
 }
 
-fn compat_flag_from(data: &[u8], arch: &str) -> Result<(), BtfError> {
+fn compat_flag_of(btf: &Btf<'_>, arch: &str) -> Result<(), BtfError> {
     let (expected, member, size) = match arch {
         "x86_64" => (recorder_ebpf::COMPAT_FLAG_OFFSET_X86_64, "status", 4),
         "aarch64" => (recorder_ebpf::COMPAT_FLAG_OFFSET_AARCH64, "flags", 8),
         _ => return Ok(()),
     };
-    let btf = Btf::parse(data)?;
     let info = btf
         .member_offset("task_struct", "thread_info", THREAD_INFO_SIZE.0)
         .or_else(|_| btf.member_offset("task_struct", "thread_info", THREAD_INFO_SIZE.1))?;
@@ -102,14 +132,13 @@ fn compat_flag_from(data: &[u8], arch: &str) -> Result<(), BtfError> {
 /// `struct thread_info`'s size on x86_64 (flags, syscall_work, status, cpu) and aarch64.
 const THREAD_INFO_SIZE: (u32, u32) = (24, 32);
 
-/// The offsets the `cgroup_mkdir` program needs, from this kernel's BTF.
-pub(super) fn cgroup_layout() -> Result<CgroupLayout, BtfError> {
-    let data = fs::read(Path::new(VMLINUX_BTF)).map_err(BtfError::Read)?;
-    layout_from(&data)
+#[cfg(test)]
+fn layout_from(data: &[u8]) -> Result<CgroupLayout, BtfError> {
+    cgroup_layout_of(&Btf::parse(data)?)
 }
 
-fn layout_from(data: &[u8]) -> Result<CgroupLayout, BtfError> {
-    let btf = Btf::parse(data)?;
+/// The offsets the `cgroup_mkdir` program needs.
+fn cgroup_layout_of(btf: &Btf<'_>) -> Result<CgroupLayout, BtfError> {
     Ok(CgroupLayout {
         known: 1,
         cgroup_kn: btf.member_offset("cgroup", "kn", 8)?,
@@ -450,12 +479,15 @@ mod tests {
         if !Path::new(VMLINUX_BTF).exists() {
             return;
         }
-        let layout = cgroup_layout().expect("layout from the running kernel");
+        let layouts = layouts();
+        let layout = layouts.cgroup.expect("layout from the running kernel");
         assert_eq!(layout.known, 1);
         assert_ne!(layout.kernfs_node_id, 0);
-        let tasks = task_layout().expect("task layout from the running kernel");
+        let tasks = layouts.task.expect("task layout from the running kernel");
         assert!(tasks.task_tgid > 0 && tasks.mm_arg_end == tasks.mm_arg_start + 8);
-        check_compat_flag().expect("the compat flag where the program reads it");
+        layouts
+            .compat
+            .expect("the compat flag where the program reads it");
     }
 
     #[test]

@@ -214,16 +214,17 @@ impl Recorder {
             .map_err(map_err(MAP_CGROUP_PATHS))?;
         let exec_commands = HashMap::try_from(take(&mut ebpf, MAP_EXEC_COMMANDS)?)
             .map_err(map_err(MAP_EXEC_COMMANDS))?;
+        let layouts = btf::layouts();
         // Required: the counter reads the compat flag at a fixed place of the task.
-        btf::check_compat_flag()?;
+        layouts.compat?;
         // Optional: without it every process counts as its cgroup's own (no set-up cut, no
         // exec sessions), as before phases existed.
-        let task_layout = btf::task_layout().unwrap_or_else(|err| {
+        let task_layout = layouts.task.unwrap_or_else(|err| {
             tracing::warn!(error = %Report(&err), "process layout unknown; runtime set-up and exec sessions are counted as their containers' own");
             TaskLayout::default()
         });
         // Optional: without it, cgroups created and removed while no agent ran stay unnamed.
-        let cgroup_layout = btf::cgroup_layout().unwrap_or_else(|err| {
+        let cgroup_layout = layouts.cgroup.unwrap_or_else(|err| {
             tracing::warn!(error = %Report(&err), "cgroup ids unknown at creation; cgroups removed while no agent runs may stay unresolved");
             CgroupLayout::default()
         });
