@@ -88,11 +88,6 @@ pub(super) fn layouts() -> Layouts {
     })
 }
 
-#[cfg(test)]
-fn task_layout_from(data: &[u8]) -> Result<TaskLayout, BtfError> {
-    task_layout_of(&Btf::parse(data)?)
-}
-
 fn task_layout_of(btf: &Btf<'_>) -> Result<TaskLayout, BtfError> {
     Ok(TaskLayout {
         known: 1,
