@@ -459,14 +459,21 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let child: *const u8 = ctx.arg(1);
     // SAFETY: the value is copied out at once.
     let Some(mut state) = (unsafe { TASK_STATES.get(&parent) }).copied() else {
+        // A stale entry of an earlier process with this tgid (its leader left before it was
+        // moved) must not give the new process a phase.
+        if let Some((tgid, _)) = task_ids(child)
+            && tgid != parent
+        {
+            let _ = TASK_STATES.remove(&tgid);
+        }
         return 0;
     };
     // The `mm` of an exec under way belongs to the moved process only: the child's `mm` is
     // its own, and a freed `mm` may come back at the same address for a later exec.
     state.mm = 0;
-    let child: *const u8 = ctx.arg(1);
     if let Some((tgid, _)) = task_ids(child)
         && tgid != parent
         && TASK_STATES.insert(&tgid, &state, 0).is_err()

@@ -219,13 +219,6 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             .collect();
         profile.add_sparse(arch, &sparse, SystemTime::now());
     }
-    // The exec that starts the program is made by the set-up, but a runtime makes it under the
-    // container's filter, so a profile for a container must allow it.
-    if status.is_some()
-        && let Some(nr) = arch.syscall_number("execve")
-    {
-        profile.add_sparse(arch, &[(nr as u16, 1)], SystemTime::now());
-    }
     drop(run_cgroup);
     drop(recorder);
 
