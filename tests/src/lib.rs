@@ -282,6 +282,18 @@ impl Agent {
         Ok(value.as_array().cloned().unwrap_or_default())
     }
 
+    /// Waits until a collection round started after this call has been folded: a fresh
+    /// cgroup `name` runs one command and its profile appears, so every count made before the
+    /// call is in the profiles.
+    pub fn wait_for_a_round(&self, name: &str) {
+        let witness = TestCgroup::new(name).expect("witness cgroup");
+        witness.run("busybox", &["true"]).expect("witness runs");
+        self.wait_profile("the witness profile", |p| {
+            p["workload"] == witness.rel.as_str()
+        })
+        .expect("a collection round");
+    }
+
     /// Polls until a profile matching `pred` exists and satisfies it.
     pub fn wait_profile(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
         poll(what, Duration::from_secs(20), || {

@@ -13,25 +13,13 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    Agent, Container, TestCgroup, agent_cli, allowed, count, free_port, kubepods_path, poll,
-    privileged, random_hex64, random_uid, runc_lock,
+    Agent, Container, agent_cli, allowed, count, free_port, kubepods_path, poll, privileged,
+    random_hex64, random_uid, runc_lock,
 };
 
 /// Runs the agent binary as a client (no containers involved: pipes are fine).
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Waits until a collection round started after this call has finished: a fresh cgroup runs
-/// one command and its profile appears. Every count made before the call is then folded.
-fn wait_for_a_round(agent: &Agent, name: &str) {
-    let witness = TestCgroup::new(name).expect("witness cgroup");
-    witness.run("busybox", &["true"]).expect("witness runs");
-    agent
-        .wait_profile("the witness profile", |p| {
-            p["workload"] == witness.rel.as_str()
-        })
-        .expect("a collection round");
 }
 
 /// One workload: its name and `sh -c` script (`{port}` is replaced by a free port per run).
@@ -169,7 +157,7 @@ fn learned_profiles_run_the_same_workloads_under_runc() {
             "{}: {stdout:?}",
             workload.name
         );
-        wait_for_a_round(&agent, &format!("round-{}", workload.name));
+        agent.wait_for_a_round(&format!("round-{}", workload.name));
 
         let selector = format!("_/Pod/{uid}/{id}");
         let file = out.path().join(format!("{}.json", workload.name));
@@ -210,7 +198,7 @@ fn learned_profiles_run_the_same_workloads_under_runc() {
         .expect("delivered");
         assert_eq!(delivered_oci, oci, "{}", workload.name);
         let inode = fs::metadata(&delivered).expect("delivered").ino();
-        wait_for_a_round(&agent, &format!("again-{}", workload.name));
+        agent.wait_for_a_round(&format!("again-{}", workload.name));
         assert_eq!(fs::metadata(&delivered).expect("delivered").ino(), inode);
 
         // Enforced: the same exit code and output.

@@ -8,7 +8,7 @@ use std::{fs, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use tests::{
-    Agent, Container, Finished, TestCgroup, agent_cli, allowed, busybox_rootfs, count, count_any,
+    Agent, Container, Finished, agent_cli, allowed, busybox_rootfs, count, count_any,
     kubepods_path, poll, privileged, random_hex64, random_uid, runc_lock,
 };
 
@@ -25,17 +25,6 @@ const RUNTIME_SET_UP: [&str; 10] = [
     "sethostname",
     "seccomp",
 ];
-
-/// Waits until a round that started after this call has been folded.
-fn wait_for_a_round(agent: &Agent, name: &str) {
-    let witness = TestCgroup::new(name).expect("witness cgroup");
-    witness.run("busybox", &["true"]).expect("witness runs");
-    agent
-        .wait_profile("the witness profile", |p| {
-            p["workload"] == witness.rel.as_str()
-        })
-        .expect("a collection round");
-}
 
 /// The profile of pod `uid`, container `container`, once a round folded it.
 fn profile(agent: &Agent, uid: &str, container: &str) -> Value {
@@ -108,7 +97,7 @@ fn the_runtime_set_up_stays_out_and_the_profile_runs_with_and_without_no_new_pri
     assert_eq!(learned[1], (0, "runc\n".to_owned()));
     assert_eq!(learned[2], learned[0]);
     assert_eq!(learned[3], learned[1]);
-    wait_for_a_round(&agent, "lp-round");
+    agent.wait_for_a_round("lp-round");
 
     let quiet_profile = profile(&agent, &quiet_uid, &quiet_id);
     for name in RUNTIME_SET_UP {
@@ -231,7 +220,7 @@ fn compat_calls_have_their_own_names_and_architecture() {
         true,
     );
     assert_eq!(plain.code, 0);
-    wait_for_a_round(&agent, "compat-round");
+    agent.wait_for_a_round("compat-round");
 
     for (program, uid, id) in &probes {
         let learned = profile(&agent, uid, id);
@@ -337,7 +326,7 @@ fn a_runc_exec_session_has_a_profile_of_its_own() {
                 && count_any(p, &["mkdir", "mkdirat"]) > 0
         })
         .expect("exec profile");
-    wait_for_a_round(&agent, "exec-round");
+    agent.wait_for_a_round("exec-round");
     let own = profile(&agent, &uid, &id);
     assert_eq!(
         count_any(&own, &["mkdir", "mkdirat"]),

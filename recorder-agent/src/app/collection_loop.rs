@@ -122,27 +122,27 @@ impl CollectionLoop {
         let took = self.shared.profiles.update(|store| {
             let now = SystemTime::now();
             let mut new_syscall = self.collector.fold_into(store, now);
-            // The runtime's needs after its filter applies join every container's profile: on
-            // a new profile or syscall, or when the node saw the runtime do something new.
-            let arch = self.shared.arch;
-            let mut base: Vec<&str> = self
-                .collector
-                .runtime_base()
-                .filter_map(|nr| arch.syscall_name(nr))
-                .collect();
-            if !base.is_empty() {
-                base.extend(
-                    GO_RUNTIME_CALLS
-                        .iter()
-                        .copied()
-                        .filter(|name| arch.syscall_number(name).is_some()),
-                );
+            // The runtime's needs after its filter applies join every container's profile; the
+            // names are built only when that can change something: a new profile or syscall,
+            // or a number the node's runtimes had not shown before (the set only grows).
+            let base_len = self.collector.runtime_base_len();
+            if base_len != 0 && (new_syscall || base_len != *runtime_base) {
+                *runtime_base = base_len;
+                let arch = self.shared.arch;
+                let mut base: Vec<&str> = self
+                    .collector
+                    .runtime_base()
+                    .filter_map(|nr| arch.syscall_name(nr))
+                    .chain(
+                        GO_RUNTIME_CALLS
+                            .iter()
+                            .copied()
+                            .filter(|name| arch.syscall_number(name).is_some()),
+                    )
+                    .collect();
                 base.sort_unstable();
                 base.dedup();
-            }
-            if !base.is_empty() && (new_syscall || base.len() != *runtime_base) {
-                *runtime_base = base.len();
-                new_syscall |= store.allow_runtime_names(&base, now);
+                new_syscall |= store.allow_runtime_names(&base);
             }
             let renamed = match &self.attribution {
                 Some(attribution) => attribution.apply_renames(store) > 0,

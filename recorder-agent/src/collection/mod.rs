@@ -74,6 +74,17 @@ const IDLE_RECHECK_ROUNDS: u32 = 8;
 /// task that makes no further call.
 const SWEEP_ROUNDS: u32 = 60;
 
+/// The slots every cgroup shares, with their last totals kept in the collector.
+#[derive(Clone, Copy, Debug)]
+enum Shared {
+    /// [`OVERFLOW_SLOT`].
+    Overflow,
+    /// [`RUNTIME_SLOT`].
+    Runtime,
+    /// [`RUNTIME_BASE_SLOT`].
+    RuntimeBase,
+}
+
 /// Names a slot's workload: cgroup id, its path if resolved, and for an exec session's slot
 /// the session's command line (argv strings, NUL-separated; empty if the kernel dropped it).
 pub type Identify<'a> = dyn Fn(u64, Option<&str>, Option<&[u8]>) -> Identity + 'a;
@@ -361,6 +372,26 @@ impl<C: SlotCounters> Collector<C> {
             .map(|&(nr, _)| usize::from(nr))
     }
 
+    /// Reads shared slot `slot`, keeps its totals as `which`'s last, and returns the calls it
+    /// counted since the previous read.
+    fn read_shared(&mut self, slot: u32, which: Shared) -> Result<u64, BpfError> {
+        self.counters.read_slot_into(slot, &mut self.read_buffer)?;
+        let last = match which {
+            Shared::Overflow => &mut self.overflow_last,
+            Shared::Runtime => &mut self.runtime_last,
+            Shared::RuntimeBase => &mut self.runtime_base_last,
+        };
+        let (mut delta, mut totals) = (Vec::new(), Vec::new());
+        sparse_deltas(&self.read_buffer, last, &mut delta, &mut totals);
+        *last = totals;
+        Ok(delta.iter().map(|(_, calls)| calls).sum())
+    }
+
+    /// How many syscall numbers [`runtime_base`](Self::runtime_base) holds (it only grows).
+    pub fn runtime_base_len(&self) -> usize {
+        self.runtime_base_last.len()
+    }
+
     /// Runs one round; `identify` names the workload of a cgroup (id, path if resolved, and
     /// for an exec session's slot its command line). The deltas it read, also when it fails
     /// part-way, wait for [`fold_into`](Self::fold_into).
@@ -490,59 +521,26 @@ impl<C: SlotCounters> Collector<C> {
             );
         }
         self.slot_table = Some((allocated, slots));
-        match self
-            .counters
-            .read_slot_into(RUNTIME_BASE_SLOT, &mut self.read_buffer)
-        {
-            Ok(()) => {
-                let (mut unused, mut totals) = (Vec::new(), Vec::new());
-                sparse_deltas(
-                    &self.read_buffer,
-                    &self.runtime_base_last,
-                    &mut unused,
-                    &mut totals,
-                );
-                self.runtime_base_last = totals;
+        // The shared slots, read every round: what they counted since the last read.
+        match self.read_shared(RUNTIME_BASE_SLOT, Shared::RuntimeBase) {
+            Ok(_) => {}
+            Err(err) => {
+                failure.get_or_insert(err);
+            }
+        }
+        match self.read_shared(RUNTIME_SLOT, Shared::Runtime) {
+            Ok(calls) => {
+                stats.runtime_calls = calls;
+                self.runtime_total = self.runtime_total.saturating_add(calls);
             }
             Err(err) => {
                 failure.get_or_insert(err);
             }
         }
-        match self
-            .counters
-            .read_slot_into(RUNTIME_SLOT, &mut self.read_buffer)
-        {
-            Ok(()) => {
-                let (mut calls, mut totals) = (Vec::new(), Vec::new());
-                sparse_deltas(
-                    &self.read_buffer,
-                    &self.runtime_last,
-                    &mut calls,
-                    &mut totals,
-                );
-                stats.runtime_calls = calls.iter().map(|(_, calls)| calls).sum();
-                self.runtime_total = self.runtime_total.saturating_add(stats.runtime_calls);
-                self.runtime_last = totals;
-            }
-            Err(err) => {
-                failure.get_or_insert(err);
-            }
-        }
-        match self
-            .counters
-            .read_slot_into(OVERFLOW_SLOT, &mut self.read_buffer)
-        {
-            Ok(()) => {
-                let (mut lost, mut overflow) = (Vec::new(), Vec::new());
-                sparse_deltas(
-                    &self.read_buffer,
-                    &self.overflow_last,
-                    &mut lost,
-                    &mut overflow,
-                );
-                stats.lost_calls = lost.iter().map(|(_, calls)| calls).sum();
-                self.lost_total = self.lost_total.saturating_add(stats.lost_calls);
-                self.overflow_last = overflow;
+        match self.read_shared(OVERFLOW_SLOT, Shared::Overflow) {
+            Ok(calls) => {
+                stats.lost_calls = calls;
+                self.lost_total = self.lost_total.saturating_add(calls);
             }
             Err(err) => {
                 failure.get_or_insert(err);

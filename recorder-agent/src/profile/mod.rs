@@ -217,13 +217,8 @@ impl Profile {
     /// Allows `names` without counting a call (the container runtime's own needs after its
     /// filter applies, see `recorder_ebpf::RUNTIME_BASE_SLOT`): each missing name is added with
     /// 0 calls. Returns whether one was missing.
-    pub fn allow_runtime_names<'a>(
-        &mut self,
-        names: impl IntoIterator<Item = &'a str>,
-        now: SystemTime,
-    ) -> bool {
-        // Not a new syscall of the workload's: stability and drift are left as they are.
-        let _ = now;
+    /// Not a new syscall of the workload's: stability and drift are left as they are.
+    pub fn allow_runtime_names<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) -> bool {
         let mut grew = false;
         for name in names {
             if !self.syscalls.contains_key(name) {

@@ -60,14 +60,14 @@ impl ProfileStore {
 
     /// Adds the container runtime's needs (`names`) to every container's profile (not to
     /// plain cgroups' or recorded commands'). Returns whether a profile grew.
-    pub fn allow_runtime_names(&mut self, names: &[&str], now: SystemTime) -> bool {
+    pub fn allow_runtime_names(&mut self, names: &[&str]) -> bool {
         let mut grew = false;
         for profile in self.profiles.values_mut() {
             if matches!(
                 profile.identity.workload_kind,
                 WorkloadKind::Kubernetes(_) | WorkloadKind::Pod | WorkloadKind::Container
             ) {
-                grew |= profile.allow_runtime_names(names.iter().copied(), now);
+                grew |= profile.allow_runtime_names(names.iter().copied());
             }
         }
         grew
